@@ -1,0 +1,24 @@
+"""Shared test fixtures and environment set-up (CPU, offscreen rendering, W&B offline)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("IVG_SHARED", REPO_ROOT.parent / "shared"))
+TINY_CHECKPOINT = SHARED / "reference" / "ivideogpt" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    """The published-layout tiny iVideoGPT checkpoint in ../shared (CI has it beside the clone)."""
+    if not TINY_CHECKPOINT.exists():
+        pytest.fail(f"reference checkpoint not found at {TINY_CHECKPOINT}; set IVG_SHARED to the shared/ folder")
+    return TINY_CHECKPOINT

@@ -1,0 +1,150 @@
+"""Small shared helpers: device and thread choice, seeding, frame<->step schedules, timers."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import time
+
+import numpy as np
+import torch
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """`"auto"` -> cuda when present, else cpu; any other string is passed to `torch.device` after a check."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise ValueError(f"device={spec!r} is not a torch device; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={spec!r} asked for CUDA but none is available; use device=auto or cpu")
+    return device
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (respects affinity masks and container limits)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(num_threads: int | str = "auto") -> int:
+    """Sets torch's intra-op thread count and returns it.
+
+    `"auto"` uses every core this process may run on: on the 2-core CPU the DrQ-v2 update runs fastest with
+    2 threads when the cores are free (experiments/bench_drqv2.py measures it); pass 1 when another job
+    shares the machine.
+    """
+    n = available_cpus() if num_threads == "auto" else int(num_threads)
+    if n < 1:
+        raise ValueError(f"num_threads={num_threads!r} must be >= 1 or 'auto'")
+    torch.set_num_threads(n)
+    return n
+
+
+def set_seed(seed: int) -> None:
+    """Seeds python, numpy and torch (all devices) global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*keys: int) -> int:
+    """A 31-bit seed that depends on all `keys` (e.g. `(run_seed, stream, episode)`) and on nothing else.
+
+    Seeding each episode from counters, not from a running generator, makes a resumed run reset its
+    environments exactly as the uninterrupted run would have.
+    """
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] >> 1)
+
+
+class Until:
+    """`until(step)` is True while fewer than `frames` env frames were done (`frames=None`: forever).
+
+    Counts agent steps, configured in env frames (frames = agent steps x action repeat).
+    """
+
+    def __init__(self, frames: int | None, action_repeat: int = 1) -> None:
+        self.steps = None if frames is None else frames // action_repeat
+
+    def __call__(self, step: int) -> bool:
+        return self.steps is None or step < self.steps
+
+
+class Every:
+    """`every(step)` is True at agent steps 0, k, 2k, ... with k = `frames // action_repeat`.
+
+    `frames` of None or 0 means never.
+    """
+
+    def __init__(self, frames: int | None, action_repeat: int = 1) -> None:
+        if frames and frames < action_repeat:
+            raise ValueError(f"a period of {frames} frames is shorter than one agent step ({action_repeat} frames)")
+        self.steps = frames // action_repeat if frames else None
+
+    def __call__(self, step: int) -> bool:
+        return self.steps is not None and step % self.steps == 0
+
+
+class Ratio:
+    """How many updates are due at an agent step for a fixed updates-per-step `ratio` (may be fractional).
+
+    Stateless (a function of the step counter only), so a resumed run keeps the exact update cadence:
+    ratio 2 -> 2 at every step; ratio 0.5 -> 1 at every other step.
+    """
+
+    def __init__(self, ratio: float) -> None:
+        if ratio < 0:
+            raise ValueError(f"an updates-per-step ratio must be >= 0, got {ratio}")
+        self.ratio = ratio
+
+    def __call__(self, step: int) -> int:
+        return math.floor(self.ratio * (step + 1)) - math.floor(self.ratio * step)
+
+
+class Schedule:
+    """A scalar schedule over agent steps, parsed once: a constant (`"0.2"`) or `"linear(init,final,steps)"`."""
+
+    _LINEAR = re.compile(r"^\s*linear\(([^,]+),([^,]+),([^,]+)\)\s*$")
+
+    def __init__(self, spec: str | float) -> None:
+        self.spec = str(spec)
+        try:
+            self.init = self.final = float(spec)
+            self.duration = 1.0
+            return
+        except ValueError:
+            pass
+        match = self._LINEAR.match(self.spec)
+        try:
+            self.init, self.final, self.duration = (float(g) for g in match.groups())  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            raise ValueError(
+                f"schedule {self.spec!r} is not understood; write a number or linear(init,final,steps), "
+                "e.g. linear(1.0,0.1,100000)"
+            ) from None
+        if self.duration <= 0:
+            raise ValueError(f"schedule {self.spec!r}: the duration must be > 0 steps")
+
+    def __call__(self, step: int) -> float:
+        mix = min(max(step / self.duration, 0.0), 1.0)
+        return (1.0 - mix) * self.init + mix * self.final
+
+
+class Timer:
+    """Wall-clock seconds since start and since the last `lap()`."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start

@@ -16,11 +16,9 @@ import os
 import platform
 import time
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-
 import numpy as np
 
-from mbrl.envs import RENDER_PRESETS, EnvConfig, make_env
+from mbrl.envs import RENDER_PRESETS, EnvConfig, make_env  # sets MUJOCO_GL=egl unless chosen already
 
 REFERENCE_QUALITY = "paper"
 
@@ -68,7 +66,7 @@ def main() -> None:
     report = {
         "task": args.task,
         "steps": args.steps,
-        "mujoco_gl": os.environ["MUJOCO_GL"],
+        "mujoco_gl": os.environ.get("MUJOCO_GL", "default"),
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "loadavg_1m_before": load_before[0],

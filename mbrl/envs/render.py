@@ -18,6 +18,7 @@ Presets (64x64 `corner` camera, one render per agent step; numbers from `experim
 from __future__ import annotations
 
 import atexit
+import os
 import weakref
 from dataclasses import dataclass
 
@@ -100,12 +101,23 @@ class OffscreenRenderer:
         model.vis.global_.offheight = max(model.vis.global_.offheight, height)
 
         self._model, self._data = model, data
-        self._gl: gl_context.GLContext | None = gl_context.GLContext(width, height)
+        self._gl: gl_context.GLContext | None = None
+        self._context: mujoco.MjrContext | None = None
+        if gl_context.GLContext is None:
+            raise RuntimeError(
+                f"MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} disables rendering; use egl or osmesa"
+            )
+        self._gl = gl_context.GLContext(width, height)
         _track(self)
         self._gl.make_current()
-        self._context: mujoco.MjrContext | None = mujoco.MjrContext(
-            model, mujoco.mjtFontScale.mjFONTSCALE_150
-        )
+        try:
+            self._context = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
+        except mujoco.FatalError as error:
+            self.close()
+            raise RuntimeError(
+                f"no usable OpenGL context ({error}); render headless with MUJOCO_GL=egl (or osmesa), "
+                "set before MuJoCo is first imported"
+            ) from error
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._context)
 
         # Same scene size as Gymnasium's renderer, so that `paper` frames match it exactly.

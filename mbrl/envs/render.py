@@ -1,18 +1,21 @@
 """Offscreen MuJoCo rendering of one fixed camera, with quality presets and safe GL clean-up.
 
-Why not Gymnasium's `MujocoRenderer`: its quality settings cannot be changed before the GL context is made,
-and its `close()` frees the GL context but leaves MuJoCo's render context (`MjrContext`) to the garbage
-collector, which then deletes GL objects in *whatever context is current* - possibly another env's, whose
-frames turn black. `OffscreenRenderer.close()` makes its own context current, frees the `MjrContext`, then
-the GL context. With the `"paper"` preset its frames are bit-identical to Gymnasium's renderer (tested).
+Why not Gymnasium's `MujocoRenderer`: its quality settings cannot be changed before its GL context is made;
+its `render()` does not make its own context current; and its `close()` frees the GL context but leaves
+MuJoCo's render context (`MjrContext`) to the garbage collector, which frees GL objects in whatever context
+is current. Together: an env that outlives a closed neighbour renders black (reproduced on this machine).
+`OffscreenRenderer` makes its context current for every frame, and `close()` frees the `MjrContext` inside
+its own context, then the context. With the `paper` preset its frames are bit-identical to Gymnasium's
+(tested).
 
-Presets (64x64 `corner` camera, one render per agent step; numbers from `experiments/bench_env.py`):
+Presets (64x64 `corner` camera, one render per agent step; `python experiments/bench_env.py`, 2 shared CPU
+cores, EGL, load average 3-6):
 
-| preset   | shadows           | multisampling | reflections | look vs `paper`            |
-|----------|-------------------|---------------|-------------|----------------------------|
-| `paper`  | Meta-World's 4096 | 4x            | on          | identical (Meta-World's)   |
-| `medium` | 1024              | off           | on          | mean abs pixel diff ~3/255 |
-| `fast`   | off               | off           | off         | mean abs pixel diff ~5/255 |
+| preset   | shadows           | multisampling | reflections | agent steps/s | look vs `paper`            |
+|----------|-------------------|---------------|-------------|---------------|----------------------------|
+| `paper`  | Meta-World's 4096 | 4x            | on          | 9-14          | identical (Meta-World's)   |
+| `medium` | 1024              | off           | on          | 29-45         | mean abs pixel diff ~3/255 |
+| `fast`   | off               | off           | off         | 135-215       | mean abs pixel diff ~5/255 |
 """
 
 from __future__ import annotations

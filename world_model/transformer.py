@@ -179,8 +179,9 @@ class Attention(nn.Module):
                mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """One token ``x`` (B, 1, H) at position ``pos`` (1,) attending to the cache under ``mask``."""
         q, k, v = self._project(x, cos, sin)
-        cache[0].index_copy_(2, pos, k)
-        cache[1].index_copy_(2, pos, v)
+        # under autocast k/v may come out in a lower precision than the cache holds
+        cache[0].index_copy_(2, pos, k.to(cache[0].dtype))
+        cache[1].index_copy_(2, pos, v.to(cache[1].dtype))
         return self._attend(q, cache[0], cache[1], mask, causal=False)
 
 
@@ -378,10 +379,10 @@ class WorldModelTransformer(nn.Module):
         return self.reward_linear(hidden).squeeze(-1)
 
     # ---------------------------------------------------------------------- incremental decoding
-    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """A zeroed KV cache on this model's device."""
+    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        """A zeroed KV cache on this model's device (in the weights' dtype unless ``dtype`` is given)."""
         weight = self.llm.lm_head.weight
-        return KVCache(self.config, batch_size, max_len, device=weight.device, dtype=weight.dtype)
+        return KVCache(self.config, batch_size, max_len, device=weight.device, dtype=dtype or weight.dtype)
 
     def prefill(self, ids: torch.Tensor, cache: KVCache, slot_actions: torch.Tensor | None = None,
                 slot_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,494 @@
+"""The public iVideoGPT world model: tokenizer + transformer behind one facade.
+
+``IVideoGPT`` loads and saves the published checkpoint layout, turns videos into token sequences and back,
+gives the training losses, and imagines rollouts as a batched environment (``reset`` / ``step``) through
+``Imaginer``, which decodes token by token with a static KV cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from world_model.layout import IGNORE_INDEX, RewardAlignment, TokenLayout
+from world_model.presets import get_preset
+from world_model.tokenizer import CONFIG_NAME as TOKENIZER_CONFIG
+from world_model.tokenizer import WEIGHTS_NAME as TOKENIZER_WEIGHTS
+from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig
+from world_model.transformer import KVCache, TransformerConfig, WorldModelTransformer
+
+TOKENIZER_DIR = "tokenizer"
+TRANSFORMER_DIR, TRANSFORMER_CONFIG, TRANSFORMER_WEIGHTS = "transformer", "config.json", "model.safetensors"
+LLM_PREFIX = "llm."
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(torch.abs(x))
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Switch modules to eval mode (no dropout) for the block and restore their previous modes."""
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def sample_top_k(logits: torch.Tensor, temperature: float, top_k: int | None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample one index per row without host syncs.
+
+    Args:
+        logits: (B, V).
+        temperature: softmax temperature; 0 picks the arg-max.
+        top_k: keep only the k largest logits (None or >= V: all).
+        generator: random source on the logits' device.
+
+    Returns:
+        (B,) int64 indices.
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    # argmax(p / E) with E ~ Exp(1) is a draw from p (the exponential race); unlike multinomial it never syncs
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(dim=-1)
+
+
+def base_layout(cfg: TokenizerConfig) -> TokenLayout:
+    """The token layout of a tokenizer configuration, with no future frames."""
+    return TokenLayout(context_frames=cfg.context_length, segment_length=cfg.context_length,
+                       tokens_per_context_frame=cfg.tokens_per_context_frame,
+                       tokens_per_future_frame=cfg.tokens_per_future_frame,
+                       context_vocab_size=cfg.num_vq_embeddings, dynamics_vocab_size=cfg.num_dyn_embeddings)
+
+
+# --------------------------------------------------------------------------------- imagination
+class Imaginer:
+    """Batched imagination: prefill the context once, then decode each imagined frame token by token.
+
+    Per ``step`` the slot token (plus the action) and the n codes of the frame are fed through the static KV
+    cache, sampling only among the dynamics codes; the reward head reads the hidden state of the frame's last
+    token, and the frame is decoded once against the cached context features. Runs in eval mode, no grad.
+
+    Args:
+        transformer: the world-model transformer.
+        tokenizer: the compressive tokenizer.
+        layout: the token layout (any horizon; only its per-frame counts and ids are used).
+    """
+
+    def __init__(self, transformer: WorldModelTransformer, tokenizer: CompressiveTokenizer,
+                 layout: TokenLayout) -> None:
+        self.transformer, self.tokenizer = transformer, tokenizer
+        self.layout = layout.with_future_frames(0)
+        self._cache: KVCache | None = None
+
+    @property
+    def max_horizon(self) -> int:
+        """Most imagined frames that fit ``max_position_embeddings``."""
+        free = self.transformer.config.max_position_embeddings - self.layout.prefix_length
+        return max(free // self.layout.future_block_length, 0)
+
+    @torch.no_grad()
+    def reset(self, context_frames: torch.Tensor, goal: torch.Tensor | None = None, horizon: int | None = None,
+              temperature: float = 1.0, top_k: int | None = 100,
+              generator: torch.Generator | None = None) -> None:
+        """Start a batch of rollouts from real frames.
+
+        Args:
+            context_frames: (B, T0, 3, H, W) in [0, 1]; (B, T0 - 1, 3, H, W) when ``goal`` is given.
+            goal: (B, 3, H, W) goal frame for a goal-conditioned model: it goes first, as a context frame.
+            horizon: imagined frames this rollout will need (sizes the KV cache); default: as many as fit.
+            temperature, top_k: sampling of the dynamics codes (the paper: 1.0, 100).
+            generator: random source on the model's device, for reproducible rollouts.
+        """
+        layout = self.layout
+        frames = context_frames if goal is None else torch.cat([goal.unsqueeze(1), context_frames], dim=1)
+        if frames.dim() != 5 or frames.shape[1] != layout.context_frames:
+            wanted = layout.context_frames - (goal is not None)
+            raise ValueError(f"context_frames must be (B, {wanted}, 3, H, W)"
+                             f"{' plus a goal (B, 3, H, W)' if goal is not None else ''}; "
+                             f"got {tuple(context_frames.shape)}")
+        horizon = self.max_horizon if horizon is None else horizon
+        if not 1 <= horizon <= self.max_horizon:
+            raise ValueError(f"horizon must be in [1, {self.max_horizon}] (max_position_embeddings "
+                             f"{self.transformer.config.max_position_embeddings}), got {horizon}")
+        with eval_mode(self.transformer, self.tokenizer):
+            ctx_codes = self.tokenizer.encode_context(frames)
+            self._context = self.tokenizer.context_cache(ctx_codes)
+            batch = frames.shape[0]
+            self._cache = self.transformer.new_cache(batch, layout.prefix_length + horizon * layout.future_block_length)
+            self.transformer.prefill(layout.prefix(ctx_codes), self._cache)
+        device = ctx_codes.device
+        self._pos = torch.tensor(layout.prefix_length, device=device)
+        self._slot = torch.full((batch, 1), layout.sdf_id, device=device, dtype=torch.long)
+        self._horizon, self._steps = horizon, 0
+        self._sampling = (temperature, top_k, generator)
+
+    @torch.no_grad()
+    def step(self, actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Imagine the next frame of every rollout.
+
+        Args:
+            actions: (B, A) the action taken at the current frame; None for an action-free model.
+
+        Returns:
+            frames (B, 3, H, W) in [0, 1] and rewards (B,) of the transition (symexp of the head output),
+            or None when the model has no reward head.
+        """
+        if self._cache is None:
+            raise RuntimeError("call reset(context_frames) before step()")
+        if self._steps >= self._horizon:
+            raise ValueError(f"rollout horizon {self._horizon} reached; pass a larger horizon to reset()")
+        model, layout = self.transformer, self.layout
+        batch = self._cache.batch_size
+        if model.action_dim is None and actions is not None:
+            raise ValueError("this world model is action-free: call step() without actions")
+        if model.action_dim is not None and (actions is None or actions.shape != (batch, model.action_dim)):
+            got = None if actions is None else tuple(actions.shape)
+            raise ValueError(f"step() needs actions of shape ({batch}, {model.action_dim}), got {got}")
+        temperature, top_k, generator = self._sampling
+        first, last = layout.dynamics_offset, layout.scf_id
+        token, action, codes = self._slot, actions, []
+        with eval_mode(model, self.tokenizer):
+            for _ in range(layout.tokens_per_future_frame):
+                logits, _ = model.decode_step(token, self._pos, self._cache, action)
+                code = sample_top_k(logits[:, first:last], temperature, top_k, generator)
+                codes.append(code)
+                token, action = (code + first).unsqueeze(1), None
+                self._pos += 1
+            # feeding the frame's last code stores its keys/values and yields the reward read-out
+            _, hidden = model.decode_step(token, self._pos, self._cache)
+            self._pos += 1
+            frames = self.tokenizer.decode_future(torch.stack(codes, dim=1).unsqueeze(1), self._context)
+        self._steps += 1
+        reward = model.rewards(hidden)
+        return frames[:, 0].clamp(0.0, 1.0), None if reward is None else symexp(reward)
+
+
+# ------------------------------------------------------------------------------------ facade
+class IVideoGPT(nn.Module):
+    """iVideoGPT world model: compressive tokenizer + LLaMA transformer with action and reward heads.
+
+    Args:
+        tokenizer: the compressive tokenizer (its config fixes T0, tokens per frame and the codebooks).
+        transformer: the transformer; its vocabulary must equal the tokenizer's codebooks plus two separators.
+        reward_alignment: which reward the head at future frame k learns: ``"clean"`` (default) the reward
+            of the transition into frame k, ``"official"`` the one out of it (the published MBRL code).
+        reward_weight: weight of the reward MSE in :meth:`transformer_loss`.
+    """
+
+    def __init__(self, tokenizer: CompressiveTokenizer, transformer: WorldModelTransformer,
+                 reward_alignment: RewardAlignment = "clean", reward_weight: float = 1.0) -> None:
+        super().__init__()
+        if reward_alignment not in ("clean", "official"):
+            raise ValueError(f"reward_alignment must be 'clean' or 'official', got {reward_alignment!r}")
+        self.tokenizer, self.transformer = tokenizer, transformer
+        self._layout = base_layout(tokenizer.config)
+        if transformer.config.vocab_size != self._layout.vocab_size:
+            raise ValueError(f"transformer vocab_size {transformer.config.vocab_size} does not match the tokenizer "
+                             f"({self._layout.context_vocab_size} + {self._layout.dynamics_vocab_size} codes + 2 "
+                             f"separators = {self._layout.vocab_size})")
+        self.reward_alignment: RewardAlignment = reward_alignment
+        self.reward_weight = reward_weight
+        self.imaginer = Imaginer(transformer, tokenizer, self._layout)
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def context_frames(self) -> int:
+        """T0."""
+        return self._layout.context_frames
+
+    @property
+    def action_dim(self) -> int | None:
+        return self.transformer.action_dim
+
+    @property
+    def has_reward_head(self) -> bool:
+        return self.transformer.has_reward_head
+
+    def layout(self, num_future_frames: int) -> TokenLayout:
+        """Token layout for T0 context frames and ``num_future_frames`` future frames."""
+        return self._layout.with_future_frames(num_future_frames)
+
+    def layout_for(self, tokens: torch.Tensor) -> TokenLayout:
+        """Token layout matching a (B, L) id tensor."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (B, L), got {tuple(tokens.shape)}")
+        return self.layout(self._layout.future_frames_in(tokens.shape[1]))
+
+    # --------------------------------------------------------------------------- construction
+    @classmethod
+    def from_preset(cls, name: str, action_dim: int | None = None, reward_head: bool = False,
+                    **kwargs: Any) -> IVideoGPT:
+        """A freshly initialised model of a named size (``paper64``, ``medium``, ``cpu``, ``tiny``).
+
+        Build it under ``with torch.device("meta"):`` to inspect shapes without allocating.
+
+        Args:
+            name: preset name (see ``world_model.presets.PRESETS``).
+            action_dim: action size for an action-conditioned model, None for action-free.
+            reward_head: add the reward head.
+            **kwargs: passed to the constructor (``reward_alignment``, ``reward_weight``).
+        """
+        preset = get_preset(name)
+        tok_cfg = TokenizerConfig.preset(preset.tokenizer)
+        tokenizer = CompressiveTokenizer(tok_cfg)
+        transformer = WorldModelTransformer(preset.transformer_config(base_layout(tok_cfg).vocab_size),
+                                            action_dim=action_dim, reward_head=reward_head)
+        return cls(tokenizer, transformer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, action_dim: int | None = None,
+                        reward_head: bool | None = None, attention_dropout: float | None = None,
+                        **kwargs: Any) -> IVideoGPT:
+        """Load a checkpoint folder in the published layout (``tokenizer/`` and ``transformer/``).
+
+        The transformer file may be a bare ``LlamaForCausalLM`` state dict (action-free pre-training: keys
+        ``model.*``, ``lm_head.weight``) or a fine-tuned one (``llm.*``, ``action_linear.*``,
+        ``reward_linear.*``), as :meth:`save_pretrained` writes it.
+
+        Returned in eval mode (call ``train()`` to fine-tune).
+
+        Args:
+            path: the checkpoint folder.
+            action_dim: None keeps whatever the checkpoint has; a number adds a fresh zero-initialised action
+                map when the checkpoint has none (it must match the checkpoint's otherwise).
+            reward_head: None keeps what the checkpoint has; True adds a fresh head when it has none.
+            attention_dropout: override the config's value (training uses 0.1 in the paper).
+            **kwargs: passed to the constructor (``reward_alignment``, ``reward_weight``).
+        """
+        root = Path(path)
+        tok_dir, tf_dir = root / TOKENIZER_DIR, root / TRANSFORMER_DIR
+        for file in (tok_dir / TOKENIZER_CONFIG, tok_dir / TOKENIZER_WEIGHTS,
+                     tf_dir / TRANSFORMER_CONFIG, tf_dir / TRANSFORMER_WEIGHTS):
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} is missing; a checkpoint folder holds {TOKENIZER_DIR}/"
+                                        f"{{{TOKENIZER_CONFIG}, {TOKENIZER_WEIGHTS}}} and {TRANSFORMER_DIR}/"
+                                        f"{{{TRANSFORMER_CONFIG}, {TRANSFORMER_WEIGHTS}}}")
+        tokenizer = CompressiveTokenizer.from_pretrained(tok_dir)
+        tf_cfg = TransformerConfig.from_json_dict(json.loads((tf_dir / TRANSFORMER_CONFIG).read_text()))
+        if attention_dropout is not None:
+            tf_cfg.attention_dropout = attention_dropout
+        state = transformer_state_from_file(load_file(tf_dir / TRANSFORMER_WEIGHTS))
+        file_action_dim = state["action_linear.weight"].shape[1] if "action_linear.weight" in state else None
+        file_reward = "reward_linear.weight" in state
+        if action_dim is not None and file_action_dim is not None and action_dim != file_action_dim:
+            raise ValueError(f"action_dim={action_dim} requested but the checkpoint's action_linear takes "
+                             f"{file_action_dim} inputs; pass action_dim=None or {file_action_dim}")
+        if reward_head is False and file_reward:
+            raise ValueError("reward_head=False but the checkpoint has reward_linear.*; pass reward_head=None")
+        action_dim = file_action_dim if action_dim is None else action_dim
+        reward_head = file_reward if reward_head is None else reward_head
+        transformer = WorldModelTransformer(tf_cfg, action_dim=action_dim, reward_head=reward_head)
+        # heads the checkpoint lacks keep their fresh init (the action map starts at zero)
+        fresh = {k for k in transformer.state_dict() if not k.startswith(LLM_PREFIX) and k not in state}
+        load_checked(transformer, state, "transformer", allow_missing=fresh)
+        return cls(tokenizer, transformer, **kwargs).eval()
+
+    def export_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """State dicts as written to disk: ``tokenizer`` and ``transformer`` (bare LLaMA keys when the model has
+        neither head, as the action-free published checkpoints; else ``llm.*`` plus the heads)."""
+        transformer = self.transformer.state_dict()
+        if self.action_dim is None and not self.has_reward_head:
+            transformer = {k.removeprefix(LLM_PREFIX): v for k, v in transformer.items()}
+        return {"tokenizer": self.tokenizer.state_dict(), "transformer": transformer}
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the published folder layout: safetensors weights plus config.json for both parts."""
+        root = Path(path)
+        self.tokenizer.save_pretrained(root / TOKENIZER_DIR)
+        folder = root / TRANSFORMER_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", copy=True).contiguous()
+                   for k, v in self.export_state_dicts()["transformer"].items()}
+        text = json.dumps(self.transformer.config.to_json_dict(), indent=2) + "\n"
+        _atomic_write(folder / TRANSFORMER_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        _atomic_write(folder / TRANSFORMER_CONFIG, lambda tmp: Path(tmp).write_text(text))
+
+    # ------------------------------------------------------------------------------- tokens
+    @torch.no_grad()
+    def tokenize(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames to token ids in the published layout.
+
+        Args:
+            frames: (B, T, 3, H, W) in [0, 1], the first T0 are context.
+
+        Returns:
+            tokens (B, L) and labels (B, L), int64 (labels: ``IGNORE_INDEX`` where nothing is predicted).
+        """
+        if frames.dim() != 5 or frames.shape[1] <= self.context_frames:
+            raise ValueError(f"frames must be (B, T, 3, H, W) with T > T0={self.context_frames}, "
+                             f"got {tuple(frames.shape)}")
+        layout = self.layout(frames.shape[1] - self.context_frames)
+        with eval_mode(self.tokenizer):
+            ctx_codes, dyn_codes = self.tokenizer.tokenize(frames, self.context_frames)
+        tokens = layout.assemble(ctx_codes, dyn_codes)
+        return tokens, layout.labels(tokens)
+
+    @torch.no_grad()
+    def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids back to frames (not clamped).
+
+        Args:
+            tokens: (B, L) ids in the published layout.
+
+        Returns:
+            (B, T, 3, H, W).
+        """
+        ctx_codes, dyn_codes = self.layout_for(tokens).split(tokens)
+        with eval_mode(self.tokenizer):
+            context = self.tokenizer.decode_context(ctx_codes)
+            future = self.tokenizer.decode_future(dyn_codes, self.tokenizer.context_cache(ctx_codes))
+        return torch.cat([context, future], dim=1)
+
+    # ------------------------------------------------------------------------------ transformer
+    def _slot_actions(self, layout: TokenLayout, actions: torch.Tensor | None) -> torch.Tensor | None:
+        if self.action_dim is None:
+            if actions is not None:
+                raise ValueError("actions given to an action-free world model; build it with action_dim")
+            return None
+        if actions is None:
+            raise ValueError(f"this world model is action-conditioned: pass actions "
+                             f"(B, T={layout.segment_length}, {self.action_dim})")
+        return layout.slot_actions(actions)
+
+    def logits(self, tokens: torch.Tensor, actions: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next-token logits and raw reward predictions for a token sequence.
+
+        Args:
+            tokens: (B, L) ids in the published layout.
+            actions: (B, T, A) segment actions (``actions[:, k]`` taken at frame k); required iff the model is
+                action-conditioned.
+
+        Returns:
+            logits (B, L, V) and rewards (B, T - T0) in symlog space (None without a reward head).
+        """
+        layout = self.layout_for(tokens)
+        out = self.transformer(tokens, self._slot_actions(layout, actions), layout.slot_positions)
+        return out.logits, self.transformer.rewards(out.hidden[:, layout.reward_positions.to(tokens.device)])
+
+    def transformer_loss(self, inputs: torch.Tensor, actions: torch.Tensor | None = None,
+                         rewards: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Next-token cross-entropy on future-frame tokens plus the reward MSE in symlog space.
+
+        Args:
+            inputs: frames (B, T, 3, H, W) in [0, 1] (tokenized here, no grad) or token ids (B, L).
+            actions: (B, T, A) segment actions; required iff the model is action-conditioned.
+            rewards: (B, T) segment rewards (``rewards[:, k]`` of the transition out of frame k); required iff
+                the model has a reward head.
+
+        Returns:
+            total loss and detached parts ``{"ce": ..., "reward": ...}`` (``reward`` only with a reward head).
+        """
+        tokens = inputs if not torch.is_floating_point(inputs) else self.tokenize(inputs)[0]
+        layout = self.layout_for(tokens)
+        if layout.num_future_frames < 1:
+            raise ValueError("the segment needs at least one future frame to have prediction targets")
+        if self.has_reward_head != (rewards is not None):
+            raise ValueError("pass rewards (B, T) exactly when the model has a reward head "
+                             f"(it {'has' if self.has_reward_head else 'has not'} one)")
+        out = self.transformer(tokens, self._slot_actions(layout, actions), layout.slot_positions,
+                               return_logits=False)
+        # only positions from the first slot on predict a target: skip the LM head on the rest of the prefix
+        start = layout.first_target_position - 1
+        logits = self.transformer.llm.lm_head(out.hidden[:, start:-1])
+        targets = layout.labels(tokens)[:, start + 1:]
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        parts = {"ce": ce.detach()}
+        total = ce
+        if rewards is not None:
+            pred = self.transformer.rewards(out.hidden[:, layout.reward_positions.to(tokens.device)])
+            target = symlog(layout.reward_targets(rewards, self.reward_alignment).to(pred.dtype))
+            reward_loss = F.mse_loss(pred.float(), target.float())
+            parts["reward"] = reward_loss.detach()
+            total = total + self.reward_weight * reward_loss
+        return total, parts
+
+    def tokenizer_loss(self, frames: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The tokenizer's reconstruction objective on a segment (see ``CompressiveTokenizer.loss``).
+
+        Args:
+            frames: (B, T, 3, H, W) in [0, 1], the first T0 are context.
+            **kwargs: passed on (``max_target_frames``, ``perceptual``, ``generator``).
+        """
+        return self.tokenizer.loss(frames, self.context_frames, **kwargs)
+
+    # ----------------------------------------------------------------------------- imagination
+    def reset(self, context_frames: torch.Tensor, goal: torch.Tensor | None = None, horizon: int | None = None,
+              temperature: float = 1.0, top_k: int | None = 100, generator: torch.Generator | None = None) -> None:
+        """Start imagined rollouts; see :meth:`Imaginer.reset`."""
+        self.imaginer.reset(context_frames, goal=goal, horizon=horizon, temperature=temperature, top_k=top_k,
+                            generator=generator)
+
+    def step(self, actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Imagine one frame per rollout; see :meth:`Imaginer.step`.
+
+        Args:
+            actions: (B, A), or None for an action-free model.
+
+        Returns:
+            frames (B, 3, H, W) in [0, 1] and rewards (B,) (None without a reward head).
+        """
+        return self.imaginer.step(actions)
+
+
+# ----------------------------------------------------------------------------------- loading
+def transformer_state_from_file(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map either published transformer layout onto ``WorldModelTransformer`` keys."""
+    # older transformers versions saved the rotary inverse frequencies; they follow from rope_theta
+    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    if any(k.startswith(LLM_PREFIX) for k in state):
+        return state
+    if "lm_head.weight" in state or any(k.startswith("model.") for k in state):
+        return {LLM_PREFIX + k: v for k, v in state.items()}
+    raise ValueError("transformer weights have neither the fine-tuned layout (llm.*) nor the bare LLaMA layout "
+                     "(model.*, lm_head.weight)")
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str,
+                 allow_missing: set[str] = frozenset()) -> None:
+    """Load a state dict after checking every key and shape; one error line names all mismatches."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state) - set(allow_missing))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        problems = [f"{name} ({len(keys)}): {_preview(keys)}" for name, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+        raise ValueError(f"{what} checkpoint does not fit the model config: " + "; ".join(problems))
+    module.load_state_dict(state, strict=False)
+
+
+def _preview(items: list[str], limit: int = 6) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(str(tmp))
+    os.replace(tmp, path)

@@ -7,10 +7,12 @@ updates per env step, 2,000 uniformly random exploration steps, std linear(1.0, 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from agents.nets import Actor, Critic, Encoder, RandomShift
 from mbrl.utils import Schedule
@@ -188,4 +190,11 @@ class DrQV2Agent:
         for name in self._STATE:
             getattr(self, name).load_state_dict(state[name])
 
-    _STATE = ("encoder", "actor", "critic", "critic_target", "encoder_opt", "actor_opt", "critic_opt")
+    def save_weights(self, path: str | Path) -> None:
+        """Exports the networks (no optimizer state) as safetensors, keys `<net>.<parameter>`."""
+        tensors = {f"{name}.{key}": value.detach().contiguous().cpu()
+                   for name in self._NETWORKS for key, value in getattr(self, name).state_dict().items()}
+        save_file(tensors, str(path))
+
+    _NETWORKS = ("encoder", "actor", "critic", "critic_target")
+    _STATE = _NETWORKS + ("encoder_opt", "actor_opt", "critic_opt")

@@ -1,0 +1,73 @@
+"""Entry point: `python -m mbrl.train task=door_open agent=drqv2 world_model=none [key=value ...]`.
+
+Composes the Hydra config (configs/train.yaml), checks it, records it in the run folder and hands it to
+`mbrl.trainer.Trainer`. Multirun: `python -m mbrl.train -m task=door_open,drawer_open seed=1,2,3`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# Training renders offscreen; MuJoCo reads this when it is first imported (the envs import it).
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+from datetime import datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from mbrl.envs import resolve_task, short_name  # noqa: E402
+from mbrl.logger import save_run_info  # noqa: E402
+from mbrl.trainer import Trainer, TrainConfig  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_dir_for(runs_dir: str, task: str, agent: str, world_model: str, seed: int, resume: object) -> str:
+    """`<runs_dir>/<time>_<task>_<agent>_<world_model>_s<seed>`; with resume=true the newest such folder that
+    holds a checkpoint, so that the same command continues it."""
+    try:
+        task = short_name(resolve_task(str(task)))
+    except ValueError:
+        pass  # the trainer reports the bad name in one line
+    name = f"{task}_{agent}_{world_model}_s{seed}"
+    if resume is True:
+        earlier = sorted(p for p in Path(runs_dir).glob(f"*_{name}") if (p / "checkpoints" / "latest.pt").is_file())
+        if earlier:
+            return str(earlier[-1])
+    return f"{runs_dir}/{datetime.now():%Y-%m-%d_%H-%M-%S}_{name}"
+
+
+# Cached: Hydra may resolve hydra.run.dir more than once; the timestamp must not change in between.
+OmegaConf.register_new_resolver("mbrl_run_dir", run_dir_for, use_cache=True)
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        trainer = Trainer(TrainConfig.from_dict(record), run_dir, record)
+    except ValueError as err:  # a bad setting: one line that names it, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    save_run_info(run_dir, OmegaConf.to_yaml(cfg, resolve=True), REPO_ROOT)
+    trainer.train()
+
+
+def _default_profile(argv: list[str]) -> list[str]:
+    """Adds `profile=cpu` when no GPU is present and the command names no profile (README: "Profiles")."""
+    if any(arg.split("=", 1)[0].lstrip("+~") == "profile" for arg in argv) or torch.cuda.is_available():
+        return argv
+    print("no GPU found: using profile=cpu (smaller batch, shorter run); pass profile=paper for the paper's "
+          "settings", file=sys.stderr)
+    return [*argv, "profile=cpu"]
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *_default_profile(sys.argv[1:])]
+    main()

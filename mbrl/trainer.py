@@ -1,0 +1,362 @@
+"""The online training loop (DrQ-v2 on pixel Meta-World), with evaluation, logging and exact resume.
+
+One `Trainer` owns the counters (agent steps, episodes; env frames = steps x action repeat) and calls the
+pieces in a fixed order every agent step:
+
+    start an episode if none is running -> evaluate if due -> act -> world-model hook -> agent updates
+    -> env step into the replay -> at an episode end: log it, checkpoint if due
+
+Every schedule is in env frames. A world model plugs in through `WorldModelHooks` (`on_frame` for its own
+frame-scheduled work, `agent_batch` to mix imagined data into the agent's batches); `world_model=none` uses
+`NoWorldModel`, which samples real replay only.
+
+Resume: checkpoints are written at episode ends, so a resumed run starts a fresh episode exactly where the
+uninterrupted run would have, and, since every episode's reset seed is derived from the counters, continues
+with the same counters, replay, RNG streams and next batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agents.drqv2 import DrQV2Agent, DrQV2Config
+from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mbrl.envs import EnvConfig, make_env, scripted_policy
+from mbrl.logger import Logger, WandbConfig
+from mbrl.replay import ReplayBuffer, TransitionBatch
+from mbrl.utils import Every, Ratio, Timer, Until, configure_threads, derive_seed, pick_device, set_seed
+from mbrl.video import VIDEO_FORMATS, VideoRecorder
+
+CHECKPOINT_VERSION = 1
+# Independent seed streams, combined with the run seed and a counter (see mbrl.utils.derive_seed).
+_TRAIN_EPISODE, _EVAL_EPISODE, _DEMO_EPISODE, _REPLAY = range(4)
+_RESUME_MODES = ("auto", True, False)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs, typed and checked (built from the Hydra config by `from_dict`)."""
+
+    task: str
+    env: EnvConfig
+    agent: DrQV2Config
+    wandb: WandbConfig
+    agent_name: str = "drqv2"
+    world_model: str = "none"
+    seed: int = 1
+    device: str = "auto"
+    num_threads: int | str = "auto"
+    num_train_frames: int = 260_000
+    eval_every_frames: int = 10_000
+    num_eval_episodes: int = 20
+    checkpoint_every_frames: int = 20_000
+    save_video: bool = True
+    video_format: str = "gif"
+    demos: int = 0
+    replay_capacity: int = 1_000_000
+    resume: str | bool = "auto"
+    console: bool = True
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("num_train_frames", "num_eval_episodes", "demos", "eval_every_frames",
+                     "checkpoint_every_frames"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.resume not in _RESUME_MODES:
+            raise ValueError(f"resume={self.resume!r} must be auto, true or false")
+        if self.video_format not in VIDEO_FORMATS:
+            raise ValueError(f"video_format={self.video_format!r} must be one of {', '.join(VIDEO_FORMATS)}")
+        repeat = self.env.action_repeat
+        for name in ("eval_every_frames", "checkpoint_every_frames"):
+            if 0 < getattr(self, name) < repeat:
+                raise ValueError(f"{name}={getattr(self, name)} is shorter than one agent step ({repeat} frames)")
+        if self.env.episode_length <= self.agent.nstep:
+            raise ValueError(f"env.episode_length={self.env.episode_length} must exceed agent.nstep="
+                             f"{self.agent.nstep}: n-step returns need that many steps inside an episode")
+        if self.replay_capacity <= self.env.episode_length:
+            raise ValueError(f"replay_capacity={self.replay_capacity} must exceed env.episode_length="
+                             f"{self.env.episode_length}")
+        if self.agent_name != "drqv2":
+            raise ValueError(f"agent={self.agent_name!r} is not available; use agent=drqv2")
+        if self.world_model != "none":
+            raise ValueError(f"world_model={self.world_model!r} is not available yet; use world_model=none")
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> TrainConfig:
+        """From the resolved Hydra config (`OmegaConf.to_container(cfg, resolve=True)`)."""
+        cfg = dict(cfg)
+        agent = dict(cfg.pop("agent"))
+        logging = dict(cfg.pop("logging"))
+        wandb = logging.pop("wandb")
+        cfg.pop("runs_dir", None)
+        try:
+            return cls(
+                env=EnvConfig(task=cfg["task"], seed=cfg.get("seed", 1), **cfg.pop("env")),
+                agent_name=agent.pop("name"),
+                agent=DrQV2Config(**agent),
+                world_model=cfg.pop("world_model")["name"],
+                wandb=WandbConfig(**wandb),
+                **logging,
+                **cfg,
+            )
+        except TypeError as err:  # an unknown or missing key
+            raise ValueError(f"bad configuration: {err}") from None
+
+
+class WorldModelHooks(Protocol):
+    """What a world model adds to the loop. `world_model=none` is `NoWorldModel`."""
+
+    def on_frame(self, frame: int) -> dict[str, float]:
+        """Called once per agent step, after acting, with the env frame count: the world model runs its own
+        frame-scheduled work here (training, imagination) and returns metrics to log."""
+
+    def agent_batch(self, batch_size: int) -> TransitionBatch:
+        """The batch for one agent update (real replay, imagined data, or a mix)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class NoWorldModel:
+    """Model-free training: every agent batch comes from the real replay."""
+
+    def __init__(self, replay: ReplayBuffer) -> None:
+        self.replay = replay
+
+    def on_frame(self, frame: int) -> dict[str, float]:
+        return {}
+
+    def agent_batch(self, batch_size: int) -> TransitionBatch:
+        return self.replay.sample(batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Trainer:
+    """Builds envs, agent, replay and logger from a `TrainConfig`, then runs (or resumes) training."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, config_record: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.checkpoint_path = self.run_dir / "checkpoints" / "latest.pt"
+        resume = self._should_resume()
+        configure_threads(cfg.num_threads)
+        set_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        self.action_repeat = cfg.env.action_repeat
+
+        self.train_env = make_env(cfg.env)
+        self.eval_env = make_env(cfg.env)
+        obs_shape = self.train_env.observation_space.shape
+        self.agent = DrQV2Agent(obs_shape, self.train_env.action_dim, cfg.agent, self.device)
+        self.replay = ReplayBuffer(cfg.replay_capacity, self.train_env.frame_shape, self.train_env.action_dim,
+                                   cfg.env.frame_stack, cfg.agent.nstep, cfg.agent.discount,
+                                   seed=derive_seed(cfg.seed, _REPLAY))
+        self.world_model: WorldModelHooks = NoWorldModel(self.replay)
+        self.video = VideoRecorder(self.run_dir / "videos", cfg.video_format, enabled=cfg.save_video)
+
+        self.step = 0  # agent steps taken in the train env
+        self.episode = 0  # finished train episodes
+        self._checkpointed_frame = 0
+        self._elapsed_before = 0.0  # wall-clock seconds of earlier launches of this run
+        self._metrics: list[dict[str, float]] = []  # update metrics of the running episode
+        self._episode_seconds = 0.0  # wall clock of the running episode's steps, evaluations excluded
+        if resume:
+            self.load()
+        self.timer = Timer()
+        self.logger = Logger(self.run_dir, cfg.wandb, config_record, console=cfg.console,
+                             resume_frame=self.frame if resume else None)
+
+    @property
+    def frame(self) -> int:
+        """Env frames so far (agent steps x action repeat): the x-axis of every schedule and plot."""
+        return self.step * self.action_repeat
+
+    def _should_resume(self) -> bool:
+        exists = self.checkpoint_path.is_file()
+        if self.cfg.resume is True and not exists:
+            raise ValueError(f"resume=true but no checkpoint was found ({self.checkpoint_path}); start a new run "
+                             "with resume=auto, or name the old run folder with hydra.run.dir=...")
+        if self.cfg.resume is False and exists:
+            raise ValueError(f"{self.run_dir} already holds a checkpoint; pass resume=auto to continue it or "
+                             "choose another folder")
+        return exists and self.cfg.resume in ("auto", True)
+
+    # ------------------------------------------------------------------------------------------- loop
+    def train(self) -> None:
+        """Trains until `num_train_frames` env frames, saves a final checkpoint and evaluates once more."""
+        cfg = self.cfg
+        until = Until(cfg.num_train_frames, self.action_repeat)
+        eval_due = Every(cfg.eval_every_frames, self.action_repeat)
+        updates_due = Ratio(cfg.agent.updates_per_step)
+        # Updates need both the exploration phase done and a full n-step window in the replay.
+        learning_starts = max(cfg.agent.num_expl_steps, cfg.agent.nstep)
+        if self.step == 0 and cfg.demos:
+            self._add_demos()
+
+        # disable=None: no bar when stderr is not a terminal (cluster logs, pipes).
+        bar = tqdm(total=cfg.num_train_frames, initial=min(self.frame, cfg.num_train_frames), unit="frame",
+                   disable=None if cfg.progress_bar else True, dynamic_ncols=True, mininterval=1.0)
+        obs, last_eval = None, None
+        while until(self.step):
+            if obs is None:
+                obs = self._start_episode()
+            if eval_due(self.step):
+                self.evaluate()
+                last_eval = self.step
+            action = self.agent.act(obs, self.step, eval_mode=False)
+            world_model_metrics = self.world_model.on_frame(self.frame)
+            if world_model_metrics:
+                self._metrics.append(world_model_metrics)
+            if self.step >= learning_starts:
+                for _ in range(updates_due(self.step)):
+                    batch = self.world_model.agent_batch(cfg.agent.batch_size)
+                    self._metrics.append(self.agent.update(batch, self.step))
+            obs, reward, terminated, truncated, info = self.train_env.step(action)
+            done = terminated or truncated
+            self.replay.add(action, reward, info["frame"], success=info["success"], last=done)
+            self.step += 1
+            self._episode_return += reward
+            self._episode_success |= bool(info["success"])
+            bar.update(self.action_repeat)
+            if done:
+                self._end_episode()
+                obs = None
+                if self._checkpoint_due():
+                    self.save()
+        bar.close()
+        self.save()
+        if last_eval != self.step:  # a final evaluation; the checkpoint precedes it, as every evaluation
+            self.evaluate()
+        self.agent.save_weights(self.run_dir / "agent.safetensors")
+        self.close()
+
+    def _start_episode(self) -> np.ndarray:
+        obs, info = self.train_env.reset(seed=derive_seed(self.cfg.seed, _TRAIN_EPISODE, self.episode))
+        self.replay.add_first(info["frame"])
+        self._episode_start_step = self.step
+        self._episode_return, self._episode_success = 0.0, False
+        self._metrics = []
+        self._episode_seconds = 0.0
+        self.timer.lap()
+        return obs
+
+    def _end_episode(self) -> None:
+        self.episode += 1
+        frames = (self.step - self._episode_start_step) * self.action_repeat
+        self._episode_seconds += self.timer.lap()
+        row = {
+            "step": self.step,
+            "episode": self.episode,
+            "train/episode_return": self._episode_return,
+            "train/success": float(self._episode_success),
+            "train/episode_length": frames,
+            "train/fps": frames / max(self._episode_seconds, 1e-9),
+            "train/buffer_size": len(self.replay),
+            "total_time": self._elapsed_before + self.timer.total(),
+        }
+        # Agent (and world-model) metrics: means over the updates of this episode.
+        keys = {k for m in self._metrics for k in m}
+        for key in sorted(keys):
+            row[f"train/{key}"] = float(np.mean([m[key] for m in self._metrics if key in m]))
+        self.logger.log("train", row, self.frame)
+
+    def _checkpoint_due(self) -> bool:
+        every = self.cfg.checkpoint_every_frames
+        return every > 0 and self.frame // every > self._checkpointed_frame // every
+
+    def evaluate(self) -> None:
+        """Runs `num_eval_episodes` deterministic episodes; logs `eval/*` and a video of the first one."""
+        self._episode_seconds += self.timer.lap()
+        returns, successes, frames = [], [], 0
+        for i in range(self.cfg.num_eval_episodes):
+            obs, info = self.eval_env.reset(seed=derive_seed(self.cfg.seed, _EVAL_EPISODE, self.step, i))
+            self.video.start(info["frame"], record=i == 0)
+            done, episode_return, success = False, 0.0, False
+            while not done:
+                action = self.agent.act(obs, self.step, eval_mode=True)
+                obs, reward, terminated, truncated, info = self.eval_env.step(action)
+                self.video.add(info["frame"])
+                done = terminated or truncated
+                episode_return += reward
+                success |= bool(info["success"])
+                frames += self.action_repeat
+            returns.append(episode_return)
+            successes.append(success)
+        if not returns:
+            return
+        self.logger.log("eval", {
+            "step": self.step,
+            "episode": self.episode,
+            "eval/episode_return": float(np.mean(returns)),
+            "eval/success_rate": float(np.mean(successes)),
+            "eval/episode_length": frames / len(returns),
+            "total_time": self._elapsed_before + self.timer.total(),
+        }, self.frame)
+        video = self.video.save(f"eval_{self.frame}")
+        if video is not None:
+            self.logger.log_video("eval/video", video, self.frame, self.video.fps)
+        self.timer.lap()  # the evaluation's time does not count toward the train episode's fps
+
+    def _add_demos(self) -> None:
+        """Puts `demos` episodes of Meta-World's scripted policy into the replay (they use no frame budget)."""
+        policy = scripted_policy(self.cfg.task)
+        successes = 0
+        for i in range(self.cfg.demos):
+            _, info = self.train_env.reset(seed=derive_seed(self.cfg.seed, _DEMO_EPISODE, i))
+            self.replay.add_first(info["frame"])
+            done, success = False, False
+            while not done:
+                action = np.clip(policy.get_action(self.train_env.state_obs), -1.0, 1.0).astype(np.float32)
+                _, reward, terminated, truncated, info = self.train_env.step(action)
+                done = terminated or truncated
+                success |= bool(info["success"])
+                self.replay.add(action, reward, info["frame"], success=info["success"], last=done)
+            successes += success
+        tqdm.write(f"added {self.cfg.demos} scripted demo episodes to the replay ({successes} successful)")
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        """Writes everything needed to continue exactly to `checkpoints/latest.pt` (atomically)."""
+        save_checkpoint(self.checkpoint_path, {
+            "version": CHECKPOINT_VERSION,
+            "counters": {"step": self.step, "episode": self.episode, "frame": self.frame},
+            "elapsed": self._elapsed_before + self.timer.total(),
+            "agent": self.agent.state_dict(),
+            "replay": self.replay.state_dict(),
+            "world_model": self.world_model.state_dict(),
+            "rng": rng_state(),
+        })
+        self._checkpointed_frame = self.frame
+
+    def load(self) -> None:
+        """Restores `save()` output; the next episode starts fresh at the saved counters."""
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{self.checkpoint_path} has checkpoint version {state.get('version')}, "
+                             f"this code reads version {CHECKPOINT_VERSION}")
+        self.agent.load_state_dict(state["agent"])
+        self.replay.load_state_dict(state["replay"])
+        self.world_model.load_state_dict(state["world_model"])
+        set_rng_state(state["rng"])
+        self.step, self.episode = state["counters"]["step"], state["counters"]["episode"]
+        self._checkpointed_frame = self.frame
+        self._elapsed_before = float(state["elapsed"])
+        tqdm.write(f"resumed from {self.checkpoint_path} at frame {self.frame} (episode {self.episode})")
+
+    def close(self) -> None:
+        self.logger.close()
+        self.train_env.close()
+        self.eval_env.close()
+

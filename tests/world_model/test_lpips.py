@@ -52,14 +52,14 @@ def test_lpips_is_a_distance_with_input_gradients(weights_dir: Path) -> None:
     model.train()  # a parent's train() must not change the metric
     assert not model.training
     generator = torch.Generator().manual_seed(1)
-    a = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
-    b = (a + 0.3 * torch.randn(2, 3, 32, 32, generator=generator)).clamp(-1, 1).requires_grad_(True)
+    a = torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1
+    b = (a + 0.3 * torch.randn(2, 3, 16, 16, generator=generator)).clamp(-1, 1).requires_grad_(True)
     d_ab = model(a, b)
     assert d_ab.shape == (2, 1, 1, 1) and (d_ab > 0).all()
     assert torch.allclose(model(a, a), torch.zeros(2, 1, 1, 1), atol=1e-6)
     torch.testing.assert_close(model(b, a), d_ab)
     # Farther images are farther apart.
-    c = (a + 0.9 * torch.randn(2, 3, 32, 32, generator=generator)).clamp(-1, 1)
+    c = (a + 0.9 * torch.randn(2, 3, 16, 16, generator=generator)).clamp(-1, 1)
     assert (model(a, c) > d_ab).all()
     d_ab.sum().backward()
     assert b.grad is not None and b.grad.abs().sum() > 0

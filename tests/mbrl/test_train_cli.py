@@ -43,8 +43,10 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_train_end_to_end_writes_every_output(tmp_path):
     run = tmp_path / "run"
-    run_cli(*TINY, "env.image_size=64", "env.episode_length=20", "num_train_frames=200", "eval_every_frames=100",
-            "checkpoint_every_frames=100", "logging.wandb.mode=offline", f"hydra.run.dir={run}")
+    result = run_cli(*TINY, "env.image_size=64", "env.episode_length=20", "num_train_frames=200",
+                     "eval_every_frames=100", "checkpoint_every_frames=100", "demos=1", "logging.wandb.mode=offline",
+                     f"hydra.run.dir={run}")
+    assert "added 1 scripted demo episodes" in result.stdout
 
     evals = read_csv(run / "eval.csv")
     assert [int(r["frame"]) for r in evals] == [0, 100, 200]
@@ -53,6 +55,7 @@ def test_train_end_to_end_writes_every_output(tmp_path):
     assert [int(r["frame"]) for r in train] == [40, 80, 120, 160, 200]  # one row per 20-step episode
     assert {"train/episode_return", "train/success", "train/critic_loss", "train/actor_loss"} <= set(train[-1])
     assert train[-1]["train/critic_loss"] != ""
+    assert int(train[0]["train/buffer_size"]) == 20 + 20  # the demo episode, then the first train episode
 
     wandb_records = list(run.glob("wandb/offline-run-*/run-*.wandb"))
     assert wandb_records and b"eval/success_rate" in wandb_records[0].read_bytes()

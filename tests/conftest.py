@@ -10,6 +10,11 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# One intra-op thread: on 2 shared cores two threads per test process are often slower, and results stay
+# bit-reproducible across machines with different core counts.
+torch.set_num_threads(int(os.environ.get("IVG_TEST_THREADS", "1")))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IVG_SHARED", REPO_ROOT.parent / "shared"))

@@ -5,24 +5,18 @@ Composes the Hydra config (configs/train.yaml), checks it, records it in the run
 """
 from __future__ import annotations
 
-import os
 import sys
+from datetime import datetime
+from pathlib import Path
 
-# Training renders offscreen; MuJoCo reads this when it is first imported (the envs import it).
-os.environ.setdefault("MUJOCO_GL", "egl")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
-from datetime import datetime  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import hydra  # noqa: E402
-import torch  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from mbrl.envs import resolve_task, short_name  # noqa: E402
-from mbrl.logger import save_run_info  # noqa: E402
-from mbrl.trainer import Trainer, TrainConfig  # noqa: E402
+from mbrl.envs import resolve_task, short_name  # first: it picks headless rendering before MuJoCo loads
+from mbrl.logger import save_run_info
+from mbrl.trainer import Trainer, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,6 +4,7 @@ Defaults are the settings of the iVideoGPT Meta-World runs (../shared/DESIGN.md 
 weight decay 1e-6, feature dim 50, hidden 1024, tau 0.01, 3-step returns, discount 0.99, batch 256, two
 updates per env step, 2,000 uniformly random exploration steps, std linear(1.0, 0.1, 100k steps), clip 0.3.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from agents.nets import Actor, Critic, Encoder, RandomShift
-from mbrl.utils import Schedule
+from mbrl.utils import Schedule, coerce_ints
 
 
 class TransitionLike(Protocol):
@@ -50,7 +51,29 @@ class DrQV2Config:
     channels_last: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("lr", "feature_dim", "hidden_dim", "num_filters", "num_conv_layers", "batch_size", "nstep")
+        coerce_ints(
+            self,
+            (
+                "feature_dim",
+                "hidden_dim",
+                "num_filters",
+                "num_conv_layers",
+                "num_expl_steps",
+                "aug_pad",
+                "batch_size",
+                "nstep",
+            ),
+            prefix="agent.",
+        )
+        positive = (
+            "lr",
+            "feature_dim",
+            "hidden_dim",
+            "num_filters",
+            "num_conv_layers",
+            "batch_size",
+            "nstep",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"agent.{name}={getattr(self, name)} must be > 0")
@@ -67,8 +90,13 @@ class DrQV2Config:
 class DrQV2Agent:
     """DrQ-v2 agent: `act` for one observation, `update` for one batch, `state_dict` for checkpoints."""
 
-    def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, cfg: DrQV2Config,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        obs_shape: tuple[int, int, int],
+        action_dim: int,
+        cfg: DrQV2Config,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.std = Schedule(cfg.std_schedule)
@@ -89,14 +117,18 @@ class DrQV2Agent:
         def adam(module: torch.nn.Module) -> torch.optim.Adam:
             return torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
-        self.encoder_opt, self.actor_opt, self.critic_opt = adam(self.encoder), adam(self.actor), adam(self.critic)
+        self.encoder_opt, self.actor_opt, self.critic_opt = (
+            adam(self.encoder),
+            adam(self.actor),
+            adam(self.critic),
+        )
         self.aug = RandomShift(cfg.aug_pad)
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
         self._actor_params = list(self.actor.parameters())
 
     def _images(self, obs: torch.Tensor, augment: bool) -> torch.Tensor:
-        """(B, C, H, W) uint8 on any device -> the encoder's input on the agent's device, in its memory format.
+        """(B, C, H, W) uint8 on any device -> encoder input on the agent's device, in its memory format.
 
         Images stay uint8 until the encoder: shifting and re-laying out bytes is 4x cheaper than floats.
         """
@@ -146,8 +178,15 @@ class DrQV2Agent:
         values = torch.stack([metrics[k].detach().float() for k in names]).tolist()
         return {**dict(zip(names, values)), "std": std}
 
-    def _update_critic(self, features: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
-                       discount: torch.Tensor, next_features: torch.Tensor, std: float) -> dict[str, torch.Tensor]:
+    def _update_critic(
+        self,
+        features: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        discount: torch.Tensor,
+        next_features: torch.Tensor,
+        std: float,
+    ) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             next_action = self.actor(next_features, std).sample(clip=self.cfg.std_clip)
             target_q1, target_q2 = self.critic_target(next_features, next_action)
@@ -160,8 +199,12 @@ class DrQV2Agent:
         critic_loss.backward()
         self.critic_opt.step()
         self.encoder_opt.step()
-        return {"critic_loss": critic_loss, "critic_q1": q1.mean(), "critic_q2": q2.mean(),
-                "critic_target_q": target_q.mean()}
+        return {
+            "critic_loss": critic_loss,
+            "critic_q1": q1.mean(),
+            "critic_q2": q2.mean(),
+            "critic_target_q": target_q.mean(),
+        }
 
     def _update_actor(self, features: torch.Tensor, std: float) -> dict[str, torch.Tensor]:
         dist = self.actor(features, std)
@@ -192,8 +235,11 @@ class DrQV2Agent:
 
     def save_weights(self, path: str | Path) -> None:
         """Exports the networks (no optimizer state) as safetensors, keys `<net>.<parameter>`."""
-        tensors = {f"{name}.{key}": value.detach().contiguous().cpu()
-                   for name in self._NETWORKS for key, value in getattr(self, name).state_dict().items()}
+        tensors = {
+            f"{name}.{key}": value.detach().contiguous().cpu()
+            for name in self._NETWORKS
+            for key, value in getattr(self, name).state_dict().items()
+        }
         save_file(tensors, str(path))
 
     _NETWORKS = ("encoder", "actor", "critic", "critic_target")

@@ -1,4 +1,5 @@
 """Networks of DrQ-v2: random-shift augmentation, conv encoder, actor, double-Q critic."""
+
 from __future__ import annotations
 
 import torch
@@ -88,22 +89,29 @@ def _trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
 
 
 def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
 
 
 class TruncatedNormal(Normal):
     """Normal whose samples are clamped into (low, high) with a straight-through gradient."""
 
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, low: float = -1.0, high: float = 1.0,
-                 eps: float = 1e-6) -> None:
+    def __init__(
+        self, loc: torch.Tensor, scale: torch.Tensor, low: float = -1.0, high: float = 1.0, eps: float = 1e-6
+    ) -> None:
         super().__init__(loc, scale, validate_args=False)
         self.low, self.high, self.eps = low, high, eps
 
-    def sample(self, clip: float | None = None, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, clip: float | None = None, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
         """A reparameterised sample; the noise is clipped to +-`clip` before it is added to the mean."""
-        noise = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
+        noise = torch.randn(
+            self._extended_shape(torch.Size(sample_shape)), dtype=self.loc.dtype, device=self.loc.device
+        )
         noise = noise * self.scale
         if clip is not None:
             noise = noise.clamp(-clip, clip)

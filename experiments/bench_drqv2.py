@@ -9,6 +9,7 @@ as configured for training (uint8 crop augmentation, channels-last convolutions,
 backward); `drqv2 nchw` is the same without channels-last. Timings are medians over `--updates` updates after
 one warm-up update; other processes on the machine slow them down (the load average is printed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ def make_batch(batch_size: int, obs_shape: tuple[int, int, int], action_dim: int
 
 def grid_sample_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
     """Random shift as the reference computes it: replicate pad, bilinear sampling of a shifted window."""
-    b, _, h, w = x.shape
+    b, _, h, _ = x.shape
     x = F.pad(x, (pad,) * 4, mode="replicate")
     eps = 1.0 / (h + 2 * pad)
     line = torch.linspace(-1.0 + eps, 1.0 - eps, h + 2 * pad)[:h]
@@ -53,8 +54,10 @@ class ReferenceStyleUpdate:
     def __init__(self, agent: DrQV2Agent) -> None:
         self.agent = agent
         cfg = agent.cfg
-        self.opts = [torch.optim.Adam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
-                     for m in (agent.encoder, agent.actor, agent.critic)]
+        self.opts = [
+            torch.optim.Adam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
+            for m in (agent.encoder, agent.actor, agent.critic)
+        ]
 
     def __call__(self, batch: TransitionBatch, step: int) -> None:
         a, cfg = self.agent, self.agent.cfg
@@ -122,7 +125,9 @@ def main() -> None:
         torch.set_num_threads(threads)
         for variant in args.variants:
             torch.manual_seed(0)
-            agent = DrQV2Agent(obs_shape, 4, DrQV2Config(batch_size=args.batch, channels_last=variant == "drqv2"))
+            agent = DrQV2Agent(
+                obs_shape, 4, DrQV2Config(batch_size=args.batch, channels_last=variant == "drqv2")
+            )
             update = ReferenceStyleUpdate(agent) if variant == "reference-style" else agent.update
             seconds = time_updates(update, batch, args.updates)
             rows.append(Row(variant, threads, args.batch, seconds, 1.0 / seconds))
@@ -131,12 +136,16 @@ def main() -> None:
         print(json.dumps([row.__dict__ for row in rows], indent=2))
         return
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"DrQ-v2 update, batch {args.batch}, obs {args.obs}, torch {torch.__version__}, load average {load:.2f}")
+    print(
+        f"DrQ-v2 update, batch {args.batch}, obs {args.obs}, torch {torch.__version__}, load avg {load:.2f}"
+    )
     print(f"{'variant':<18}{'threads':>8}{'s/update':>10}{'updates/s':>11}{'speed-up':>10}")
     base = {r.threads: r.seconds_per_update for r in rows if r.variant == "reference-style"}
     for r in rows:
         speedup = f"{base[r.threads] / r.seconds_per_update:.2f}x" if r.threads in base else "-"
-        print(f"{r.variant:<18}{r.threads:>8}{r.seconds_per_update:>10.3f}{r.updates_per_s:>11.2f}{speedup:>10}")
+        print(
+            f"{r.variant:<18}{r.threads:>8}{r.seconds_per_update:>10.3f}{r.updates_per_s:>11.2f}{speedup:>10}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 `torch.load(weights_only=True)` accepts tensors and python primitives but not numpy arrays, so numpy arrays
 (replay storage, numpy RNG states) are stored as tagged tensors and turned back into arrays on load.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,12 +4,14 @@ Metric names carry their section (`train/episode_return`, `eval/success_rate`); 
 frames (the `frame` column / W&B step metric), so runs of different agents (DrQ-v2, DreamerV3) and action
 repeats line up.
 """
+
 from __future__ import annotations
 
 import csv
 import datetime
 import os
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +22,24 @@ from tqdm import tqdm
 
 #: Console columns per section: (metric, short label, format).
 _CONSOLE = {
-    "train": [("frame", "F", "d"), ("step", "S", "d"), ("episode", "E", "d"), ("train/episode_return", "R", ".1f"),
-              ("train/success", "SR", ".0f"), ("train/fps", "FPS", ".1f"), ("train/critic_loss", "CL", ".3f"),
-              ("total_time", "T", "time")],
-    "eval": [("frame", "F", "d"), ("step", "S", "d"), ("episode", "E", "d"), ("eval/episode_return", "R", ".1f"),
-             ("eval/success_rate", "SR", ".2f"), ("total_time", "T", "time")],
+    "train": [
+        ("frame", "F", "d"),
+        ("step", "S", "d"),
+        ("episode", "E", "d"),
+        ("train/episode_return", "R", ".1f"),
+        ("train/success", "SR", ".0f"),
+        ("train/fps", "FPS", ".1f"),
+        ("train/critic_loss", "CL", ".3f"),
+        ("total_time", "T", "time"),
+    ],
+    "eval": [
+        ("frame", "F", "d"),
+        ("step", "S", "d"),
+        ("episode", "E", "d"),
+        ("eval/episode_return", "R", ".1f"),
+        ("eval/success_rate", "SR", ".2f"),
+        ("total_time", "T", "time"),
+    ],
 }
 _WANDB_MODES = ("offline", "online", "disabled")
 
@@ -97,8 +112,14 @@ class Logger:
         console: print a line per train episode and per evaluation.
     """
 
-    def __init__(self, run_dir: str | Path, wandb_cfg: WandbConfig | None = None, config: dict | None = None,
-                 resume_frame: int | None = None, console: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        wandb_cfg: WandbConfig | None = None,
+        config: dict | None = None,
+        resume_frame: int | None = None,
+        console: bool = True,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console = console
@@ -123,9 +144,19 @@ class Logger:
         else:
             run_id = uuid.uuid4().hex[:12]
             id_file.write_text(run_id)
-        run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, name=cfg.name, tags=cfg.tags,
-                         mode=cfg.mode, dir=str(self.run_dir), config=config, id=run_id,
-                         resume="allow" if resume else None, settings=wandb.Settings(console="off"))
+        run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            name=cfg.name,
+            tags=cfg.tags,
+            mode=cfg.mode,
+            dir=str(self.run_dir),
+            config=config,
+            id=run_id,
+            resume="allow" if resume else None,
+            settings=wandb.Settings(console="off"),
+        )
         run.define_metric("frame")
         run.define_metric("*", step_metric="frame")
         return run
@@ -137,7 +168,8 @@ class Logger:
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
         if self.console:
-            tqdm.write(self._console_line(section, row))
+            tqdm.write(self._console_line(section, row), file=sys.stdout)
+            sys.stdout.flush()  # lines reach log files (cluster jobs, pipes) as they happen
 
     def log_video(self, key: str, path: str | Path, frame: int, fps: int) -> None:
         """Uploads a saved video file (GIF or MP4) to W&B under `key` at `frame`."""
@@ -173,7 +205,9 @@ def save_run_info(run_dir: str | Path, config_yaml: str, source_dir: str | Path)
     (run_dir / "config.yaml").write_text(config_yaml)
 
     def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=source_dir, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            ["git", *args], check=False, cwd=source_dir, capture_output=True, text=True, timeout=30
+        )
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip())
         return result.stdout

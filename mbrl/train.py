@@ -3,9 +3,11 @@
 Composes the Hydra config (configs/train.yaml), checks it, records it in the run folder and hands it to
 `mbrl.trainer.Trainer`. Multirun: `python -m mbrl.train -m task=door_open,drawer_open seed=1,2,3`.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbrl.envs import resolve_task, short_name  # first: it picks headless rendering before MuJoCo loads
 from mbrl.logger import save_run_info
-from mbrl.trainer import Trainer, TrainConfig
+from mbrl.trainer import TrainConfig, Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +32,9 @@ def run_dir_for(runs_dir: str, task: str, agent: str, world_model: str, seed: in
         pass  # the trainer reports the bad name in one line
     name = f"{task}_{agent}_{world_model}_s{seed}"
     if resume is True:
-        earlier = sorted(p for p in Path(runs_dir).glob(f"*_{name}") if (p / "checkpoints" / "latest.pt").is_file())
+        earlier = sorted(
+            p for p in Path(runs_dir).glob(f"*_{name}") if (p / "checkpoints" / "latest.pt").is_file()
+        )
         if earlier:
             return str(earlier[-1])
     return f"{runs_dir}/{datetime.now():%Y-%m-%d_%H-%M-%S}_{name}"
@@ -40,25 +44,42 @@ def run_dir_for(runs_dir: str, task: str, agent: str, world_model: str, seed: in
 OmegaConf.register_new_resolver("mbrl_run_dir", run_dir_for, use_cache=True)
 
 
+def prepare(cfg: DictConfig, run_dir: Path) -> Callable[[], None]:
+    """Checks the config and builds the run; returns the function that trains.
+
+    Raises:
+        ValueError: a bad setting (the message names it and the fix).
+    """
+    if cfg.agent.name == "dreamerv3":  # its own loop: sheeprl's DreamerV3 (agents/dreamerv3)
+        from agents.dreamerv3 import RunSpec, run
+
+        RunSpec.from_train_config(cfg)
+        return lambda: run(cfg, run_dir)
+    record = OmegaConf.to_container(cfg, resolve=True)
+    return Trainer(TrainConfig.from_dict(record), run_dir, record).train
+
+
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    record = OmegaConf.to_container(cfg, resolve=True)
     try:
-        trainer = Trainer(TrainConfig.from_dict(record), run_dir, record)
-    except ValueError as err:  # a bad setting: one line that names it, no traceback
+        train = prepare(cfg, run_dir)
+    except (ValueError, ImportError) as err:  # a bad setting or a missing extra: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     save_run_info(run_dir, OmegaConf.to_yaml(cfg, resolve=True), REPO_ROOT)
-    trainer.train()
+    train()
 
 
 def _default_profile(argv: list[str]) -> list[str]:
     """Adds `profile=cpu` when no GPU is present and the command names no profile (README: "Profiles")."""
     if any(arg.split("=", 1)[0].lstrip("+~") == "profile" for arg in argv) or torch.cuda.is_available():
         return argv
-    print("no GPU found: using profile=cpu (smaller batch, shorter run); pass profile=paper for the paper's "
-          "settings", file=sys.stderr)
+    print(
+        "no GPU found: using profile=cpu (smaller batch, shorter run); pass profile=paper for the paper's "
+        "settings",
+        file=sys.stderr,
+    )
     return [*argv, "profile=cpu"]
 
 

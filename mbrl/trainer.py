@@ -14,6 +14,7 @@ Resume: checkpoints are written at episode ends, so a resumed run starts a fresh
 uninterrupted run would have, and, since every episode's reset seed is derived from the counters, continues
 with the same counters, replay, RNG streams and next batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
@@ -29,7 +29,17 @@ from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng
 from mbrl.envs import EnvConfig, make_env, scripted_policy
 from mbrl.logger import Logger, WandbConfig
 from mbrl.replay import ReplayBuffer, TransitionBatch
-from mbrl.utils import Every, Ratio, Timer, Until, configure_threads, derive_seed, pick_device, set_seed
+from mbrl.utils import (
+    Every,
+    Ratio,
+    Timer,
+    Until,
+    coerce_ints,
+    configure_threads,
+    derive_seed,
+    pick_device,
+    set_seed,
+)
 from mbrl.video import VIDEO_FORMATS, VideoRecorder
 
 CHECKPOINT_VERSION = 1
@@ -64,8 +74,25 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("num_train_frames", "num_eval_episodes", "demos", "eval_every_frames",
-                     "checkpoint_every_frames"):
+        coerce_ints(
+            self,
+            (
+                "seed",
+                "num_train_frames",
+                "eval_every_frames",
+                "num_eval_episodes",
+                "checkpoint_every_frames",
+                "demos",
+                "replay_capacity",
+            ),
+        )
+        for name in (
+            "num_train_frames",
+            "num_eval_episodes",
+            "demos",
+            "eval_every_frames",
+            "checkpoint_every_frames",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.resume not in _RESUME_MODES:
@@ -75,15 +102,23 @@ class TrainConfig:
         repeat = self.env.action_repeat
         for name in ("eval_every_frames", "checkpoint_every_frames"):
             if 0 < getattr(self, name) < repeat:
-                raise ValueError(f"{name}={getattr(self, name)} is shorter than one agent step ({repeat} frames)")
+                raise ValueError(
+                    f"{name}={getattr(self, name)} is shorter than one agent step ({repeat} frames)"
+                )
         if self.env.episode_length <= self.agent.nstep:
-            raise ValueError(f"env.episode_length={self.env.episode_length} must exceed agent.nstep="
-                             f"{self.agent.nstep}: n-step returns need that many steps inside an episode")
+            raise ValueError(
+                f"env.episode_length={self.env.episode_length} must exceed agent.nstep="
+                f"{self.agent.nstep}: n-step returns need that many steps inside an episode"
+            )
         if self.replay_capacity <= self.env.episode_length:
-            raise ValueError(f"replay_capacity={self.replay_capacity} must exceed env.episode_length="
-                             f"{self.env.episode_length}")
+            raise ValueError(
+                f"replay_capacity={self.replay_capacity} must exceed env.episode_length="
+                f"{self.env.episode_length}"
+            )
         if self.agent_name != "drqv2":
-            raise ValueError(f"agent={self.agent_name!r} is not available; use agent=drqv2")
+            raise ValueError(
+                f"agent={self.agent_name!r} is not trained by this loop; use agent=drqv2 (or agent=dreamerv3)"
+            )
         if self.world_model != "none":
             raise ValueError(f"world_model={self.world_model!r} is not available yet; use world_model=none")
 
@@ -146,7 +181,9 @@ class NoWorldModel:
 class Trainer:
     """Builds envs, agent, replay and logger from a `TrainConfig`, then runs (or resumes) training."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, config_record: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, run_dir: str | Path, config_record: dict[str, Any] | None = None
+    ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.checkpoint_path = self.run_dir / "checkpoints" / "latest.pt"
@@ -160,9 +197,15 @@ class Trainer:
         self.eval_env = make_env(cfg.env)
         obs_shape = self.train_env.observation_space.shape
         self.agent = DrQV2Agent(obs_shape, self.train_env.action_dim, cfg.agent, self.device)
-        self.replay = ReplayBuffer(cfg.replay_capacity, self.train_env.frame_shape, self.train_env.action_dim,
-                                   cfg.env.frame_stack, cfg.agent.nstep, cfg.agent.discount,
-                                   seed=derive_seed(cfg.seed, _REPLAY))
+        self.replay = ReplayBuffer(
+            cfg.replay_capacity,
+            self.train_env.frame_shape,
+            self.train_env.action_dim,
+            cfg.env.frame_stack,
+            cfg.agent.nstep,
+            cfg.agent.discount,
+            seed=derive_seed(cfg.seed, _REPLAY),
+        )
         self.world_model: WorldModelHooks = NoWorldModel(self.replay)
         self.video = VideoRecorder(self.run_dir / "videos", cfg.video_format, enabled=cfg.save_video)
 
@@ -175,8 +218,13 @@ class Trainer:
         if resume:
             self.load()
         self.timer = Timer()
-        self.logger = Logger(self.run_dir, cfg.wandb, config_record, console=cfg.console,
-                             resume_frame=self.frame if resume else None)
+        self.logger = Logger(
+            self.run_dir,
+            cfg.wandb,
+            config_record,
+            console=cfg.console,
+            resume_frame=self.frame if resume else None,
+        )
 
     @property
     def frame(self) -> int:
@@ -186,11 +234,15 @@ class Trainer:
     def _should_resume(self) -> bool:
         exists = self.checkpoint_path.is_file()
         if self.cfg.resume is True and not exists:
-            raise ValueError(f"resume=true but no checkpoint was found ({self.checkpoint_path}); start a new run "
-                             "with resume=auto, or name the old run folder with hydra.run.dir=...")
+            raise ValueError(
+                f"resume=true but no checkpoint was found ({self.checkpoint_path}); start a new run "
+                "with resume=auto, or name the old run folder with hydra.run.dir=..."
+            )
         if self.cfg.resume is False and exists:
-            raise ValueError(f"{self.run_dir} already holds a checkpoint; pass resume=auto to continue it or "
-                             "choose another folder")
+            raise ValueError(
+                f"{self.run_dir} already holds a checkpoint; pass resume=auto to continue it or "
+                "choose another folder"
+            )
         return exists and self.cfg.resume in ("auto", True)
 
     # ------------------------------------------------------------------------------------------- loop
@@ -206,8 +258,14 @@ class Trainer:
             self._add_demos()
 
         # disable=None: no bar when stderr is not a terminal (cluster logs, pipes).
-        bar = tqdm(total=cfg.num_train_frames, initial=min(self.frame, cfg.num_train_frames), unit="frame",
-                   disable=None if cfg.progress_bar else True, dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+            total=cfg.num_train_frames,
+            initial=min(self.frame, cfg.num_train_frames),
+            unit="frame",
+            disable=None if cfg.progress_bar else True,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         obs, last_eval = None, None
         while until(self.step):
             if obs is None:
@@ -236,7 +294,8 @@ class Trainer:
                 if self._checkpoint_due():
                     self.save()
         bar.close()
-        self.save()
+        if self._checkpointed_frame != self.frame or not self.checkpoint_path.is_file():
+            self.save()
         if last_eval != self.step:  # a final evaluation; the checkpoint precedes it, as every evaluation
             self.evaluate()
         self.agent.save_weights(self.run_dir / "agent.safetensors")
@@ -296,21 +355,25 @@ class Trainer:
             successes.append(success)
         if not returns:
             return
-        self.logger.log("eval", {
-            "step": self.step,
-            "episode": self.episode,
-            "eval/episode_return": float(np.mean(returns)),
-            "eval/success_rate": float(np.mean(successes)),
-            "eval/episode_length": frames / len(returns),
-            "total_time": self._elapsed_before + self.timer.total(),
-        }, self.frame)
+        self.logger.log(
+            "eval",
+            {
+                "step": self.step,
+                "episode": self.episode,
+                "eval/episode_return": float(np.mean(returns)),
+                "eval/success_rate": float(np.mean(successes)),
+                "eval/episode_length": frames / len(returns),
+                "total_time": self._elapsed_before + self.timer.total(),
+            },
+            self.frame,
+        )
         video = self.video.save(f"eval_{self.frame}")
         if video is not None:
             self.logger.log_video("eval/video", video, self.frame, self.video.fps)
         self.timer.lap()  # the evaluation's time does not count toward the train episode's fps
 
     def _add_demos(self) -> None:
-        """Puts `demos` episodes of Meta-World's scripted policy into the replay (they use no frame budget)."""
+        """Puts `demos` episodes of Meta-World's scripted policy into the replay (no frame budget used)."""
         policy = scripted_policy(self.cfg.task)
         successes = 0
         for i in range(self.cfg.demos):
@@ -329,23 +392,28 @@ class Trainer:
     # ------------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:
         """Writes everything needed to continue exactly to `checkpoints/latest.pt` (atomically)."""
-        save_checkpoint(self.checkpoint_path, {
-            "version": CHECKPOINT_VERSION,
-            "counters": {"step": self.step, "episode": self.episode, "frame": self.frame},
-            "elapsed": self._elapsed_before + self.timer.total(),
-            "agent": self.agent.state_dict(),
-            "replay": self.replay.state_dict(),
-            "world_model": self.world_model.state_dict(),
-            "rng": rng_state(),
-        })
+        save_checkpoint(
+            self.checkpoint_path,
+            {
+                "version": CHECKPOINT_VERSION,
+                "counters": {"step": self.step, "episode": self.episode, "frame": self.frame},
+                "elapsed": self._elapsed_before + self.timer.total(),
+                "agent": self.agent.state_dict(),
+                "replay": self.replay.state_dict(),
+                "world_model": self.world_model.state_dict(),
+                "rng": rng_state(),
+            },
+        )
         self._checkpointed_frame = self.frame
 
     def load(self) -> None:
         """Restores `save()` output; the next episode starts fresh at the saved counters."""
         state = load_checkpoint(self.checkpoint_path, map_location=self.device)
         if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{self.checkpoint_path} has checkpoint version {state.get('version')}, "
-                             f"this code reads version {CHECKPOINT_VERSION}")
+            raise ValueError(
+                f"{self.checkpoint_path} has checkpoint version {state.get('version')}, "
+                f"this code reads version {CHECKPOINT_VERSION}"
+            )
         self.agent.load_state_dict(state["agent"])
         self.replay.load_state_dict(state["replay"])
         self.world_model.load_state_dict(state["world_model"])
@@ -359,4 +427,3 @@ class Trainer:
         self.logger.close()
         self.train_env.close()
         self.eval_env.close()
-

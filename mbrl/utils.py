@@ -1,4 +1,5 @@
 """Small shared helpers: device and thread choice, seeding, frame<->step schedules, timers."""
+
 from __future__ import annotations
 
 import math
@@ -46,6 +47,21 @@ def configure_threads(num_threads: int | str = "auto") -> int:
     return n
 
 
+def coerce_ints(obj: object, names: tuple[str, ...], prefix: str = "") -> None:
+    """Makes the dataclass fields `names` of `obj` ints (integral floats such as 1e5 are accepted).
+
+    Raises:
+        ValueError: a value is not a whole number (one line naming the setting).
+    """
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{prefix}{name}={value!r} must be a whole number")
+        setattr(obj, name, value)
+
+
 def set_seed(seed: int) -> None:
     """Seeds python, numpy and torch (all devices) global generators."""
     random.seed(seed)
@@ -83,7 +99,9 @@ class Every:
 
     def __init__(self, frames: int | None, action_repeat: int = 1) -> None:
         if frames and frames < action_repeat:
-            raise ValueError(f"a period of {frames} frames is shorter than one agent step ({action_repeat} frames)")
+            raise ValueError(
+                f"a period of {frames} frames is shorter than one agent step ({action_repeat} frames)"
+            )
         self.steps = frames // action_repeat if frames else None
 
     def __call__(self, step: int) -> bool:
@@ -107,7 +125,7 @@ class Ratio:
 
 
 class Schedule:
-    """A scalar schedule over agent steps, parsed once: a constant (`"0.2"`) or `"linear(init,final,steps)"`."""
+    """A scalar schedule over agent steps, parsed once: a constant (`"0.2"`) or `"linear(init,final,n)"`."""
 
     _LINEAR = re.compile(r"^\s*linear\(([^,]+),([^,]+),([^,]+)\)\s*$")
 

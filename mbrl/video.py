@@ -1,4 +1,5 @@
 """Episode videos (GIF or MP4 through imageio) written into the run folder."""
+
 from __future__ import annotations
 
 from pathlib import Path

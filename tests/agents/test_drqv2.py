@@ -1,4 +1,5 @@
 """DrQ-v2: augmentation, encoder size, act, update, target update, schedule, state round trip."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from agents.drqv2 import DrQV2Agent, DrQV2Config
 from agents.nets import Encoder, RandomShift, shift_images
 from mbrl.checkpoint import load_checkpoint, save_checkpoint
 from mbrl.utils import Schedule
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -56,7 +58,7 @@ def make_agent(**overrides) -> DrQV2Agent:
 
 def grid_sample_shift(x: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
     """The reference formulation: replicate pad, then bilinear grid_sample at shifted pixel centres."""
-    b, _, h, w = x.shape
+    b, _, h, _ = x.shape
     xp = F.pad(x.float(), (pad,) * 4, mode="replicate")
     eps = 1.0 / (h + 2 * pad)
     line = torch.linspace(-1.0 + eps, 1.0 - eps, h + 2 * pad)[:h]
@@ -118,8 +120,10 @@ def test_act_shapes_ranges_exploration_and_eval_determinism():
 
 def test_update_moves_parameters_and_reports_metrics():
     agent = make_agent()
-    before = {name: [p.detach().clone() for p in getattr(agent, name).parameters()]
-              for name in ("encoder", "actor", "critic", "critic_target")}
+    before = {
+        name: [p.detach().clone() for p in getattr(agent, name).parameters()]
+        for name in ("encoder", "actor", "critic", "critic_target")
+    }
     metrics = agent.update(make_batch(), step=100)
     for name, params in before.items():
         moved = any(not torch.equal(p0, p1) for p0, p1 in zip(params, getattr(agent, name).parameters()))
@@ -176,8 +180,15 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
         assert torch.equal(pa, pb)
 
 
-@pytest.mark.parametrize("bad", [dict(batch_size=0), dict(critic_target_tau=1.5), dict(std_schedule="linear(1,2)"),
-                                 dict(num_expl_steps=-1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"batch_size": 0},
+        {"critic_target_tau": 1.5},
+        {"std_schedule": "linear(1,2)"},
+        {"num_expl_steps": -1},
+    ],
+)
 def test_bad_config_is_one_line_error(bad):
     with pytest.raises(ValueError) as err:
         DrQV2Config(**bad)

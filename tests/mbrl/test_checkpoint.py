@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes, round trips of tensors / numpy / RNG states, weights-only loading."""
+
 from __future__ import annotations
 
 import pickle

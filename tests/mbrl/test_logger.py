@@ -1,4 +1,5 @@
 """Logger: CSV files with a frame column, W&B offline files with the shared metric names, resume."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,12 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_csv_and_wandb_offline_hold_the_metric_names(tmp_path):
-    logger = Logger(tmp_path, WandbConfig(mode="offline", project="test", group="door_open", name="drqv2-1"),
-                    config={"task": "door_open"}, console=False)
+    logger = Logger(
+        tmp_path,
+        WandbConfig(mode="offline", project="test", group="door_open", name="drqv2-1"),
+        config={"task": "door_open"},
+        console=False,
+    )
     logger.log("train", TRAIN_ROW, frame=100)
     logger.log("train", {**TRAIN_ROW, "train/critic_loss": 0.3}, frame=200)  # a new column appears later
     logger.log("eval", EVAL_ROW, frame=200)
@@ -32,8 +37,14 @@ def test_csv_and_wandb_offline_hold_the_metric_names(tmp_path):
     records = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(records) == 1
     data = records[0].read_bytes()
-    for name in ("eval/success_rate", "eval/episode_return", "train/episode_return", "train/success",
-                 "train/critic_loss", "frame"):
+    for name in (
+        "eval/success_rate",
+        "eval/episode_return",
+        "train/episode_return",
+        "train/success",
+        "train/critic_loss",
+        "frame",
+    ):
         assert name.encode() in data, name
 
 
@@ -53,8 +64,11 @@ def test_resume_drops_rows_after_the_checkpoint(tmp_path):
     writer.truncate_after(200)
     writer.write({"frame": 300, "train/episode_return": 1.0})
     rows = read_csv(tmp_path / "train.csv")
-    assert [(r["frame"], r["train/episode_return"]) for r in rows] == [("100", "10.0"), ("200", "20.0"),
-                                                                        ("300", "1.0")]
+    assert [(r["frame"], r["train/episode_return"]) for r in rows] == [
+        ("100", "10.0"),
+        ("200", "20.0"),
+        ("300", "1.0"),
+    ]
 
 
 def test_console_line_names_the_section_and_values(capsys):

@@ -1,4 +1,5 @@
 """The real CLI (`python -m mbrl.train`) end to end on tiny budgets: outputs, resume, multirun, bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -7,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -20,16 +20,33 @@ from mbrl.trainer import TrainConfig
 REPO = Path(__file__).resolve().parents[2]
 # Tiny networks and episodes: each launch is a few seconds, mostly imports and env creation.
 TINY = [
-    "task=reach", "profile=paper", "num_threads=1", "env.image_size=32", "env.episode_length=10",
-    "agent.batch_size=8", "agent.hidden_dim=32", "agent.feature_dim=16", "agent.num_filters=8",
-    "agent.num_expl_steps=10", "replay_capacity=1000", "num_eval_episodes=1", "logging.wandb.mode=disabled",
+    "task=reach",
+    "profile=paper",
+    "num_threads=1",
+    "env.image_size=32",
+    "env.episode_length=10",
+    "agent.batch_size=8",
+    "agent.hidden_dim=32",
+    "agent.feature_dim=16",
+    "agent.num_filters=8",
+    "agent.num_expl_steps=10",
+    "replay_capacity=1000",
+    "num_eval_episodes=1",
+    "logging.wandb.mode=disabled",
 ]
 
 
 def run_cli(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    result = subprocess.run([sys.executable, "-m", "mbrl.train", *overrides], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "mbrl.train", *overrides],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"mbrl.train failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -43,9 +60,17 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_train_end_to_end_writes_every_output(tmp_path):
     run = tmp_path / "run"
-    result = run_cli(*TINY, "env.image_size=64", "env.episode_length=20", "num_train_frames=200",
-                     "eval_every_frames=100", "checkpoint_every_frames=100", "demos=1", "logging.wandb.mode=offline",
-                     f"hydra.run.dir={run}")
+    result = run_cli(
+        *TINY,
+        "env.image_size=64",
+        "env.episode_length=20",
+        "num_train_frames=200",
+        "eval_every_frames=100",
+        "checkpoint_every_frames=100",
+        "demos=1",
+        "logging.wandb.mode=offline",
+        f"hydra.run.dir={run}",
+    )
     assert "added 1 scripted demo episodes" in result.stdout
 
     evals = read_csv(run / "eval.csv")
@@ -53,13 +78,19 @@ def test_train_end_to_end_writes_every_output(tmp_path):
     assert all(0.0 <= float(r["eval/success_rate"]) <= 1.0 for r in evals)
     train = read_csv(run / "train.csv")
     assert [int(r["frame"]) for r in train] == [40, 80, 120, 160, 200]  # one row per 20-step episode
-    assert {"train/episode_return", "train/success", "train/critic_loss", "train/actor_loss"} <= set(train[-1])
+    assert {"train/episode_return", "train/success", "train/critic_loss", "train/actor_loss"} <= set(
+        train[-1]
+    )
     assert train[-1]["train/critic_loss"] != ""
     assert int(train[0]["train/buffer_size"]) == 20 + 20  # the demo episode, then the first train episode
 
     wandb_records = list(run.glob("wandb/offline-run-*/run-*.wandb"))
     assert wandb_records and b"eval/success_rate" in wandb_records[0].read_bytes()
-    assert sorted(p.name for p in (run / "videos").iterdir()) == ["eval_0.gif", "eval_100.gif", "eval_200.gif"]
+    assert sorted(p.name for p in (run / "videos").iterdir()) == [
+        "eval_0.gif",
+        "eval_100.gif",
+        "eval_200.gif",
+    ]
     config = (run / "config.yaml").read_text()
     assert "task: reach" in config and "num_train_frames: 200" in config
     assert (run / "git.txt").read_text().startswith(("commit:", "no git information"))
@@ -73,7 +104,9 @@ def test_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
     common = [*TINY, "checkpoint_every_frames=40", "eval_every_frames=0"]
     full, split = tmp_path / "full", tmp_path / "split"
     run_cli(*common, "num_train_frames=120", f"hydra.run.dir={full}")
-    run_cli(*common, "num_train_frames=60", f"hydra.run.dir={split}")  # 3 episodes of 20 frames, then "killed"
+    run_cli(
+        *common, "num_train_frames=60", f"hydra.run.dir={split}"
+    )  # 3 episodes of 20 frames, then "killed"
     assert load_checkpoint(split / "checkpoints" / "latest.pt")["counters"]["frame"] == 60
     resumed = run_cli(*common, "num_train_frames=120", f"hydra.run.dir={split}")  # same folder: continues
     assert "resumed from" in resumed.stdout + resumed.stderr
@@ -93,7 +126,9 @@ def test_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
     assert len(buffers[0]) == len(buffers[1]) == 60
     batch_a, batch_b = (replay.sample(8) for replay in buffers)
     assert torch.equal(batch_a.obs, batch_b.obs) and torch.equal(batch_a.reward, batch_b.reward)
-    assert [r["frame"] for r in read_csv(full / "train.csv")] == [r["frame"] for r in read_csv(split / "train.csv")]
+    assert [r["frame"] for r in read_csv(full / "train.csv")] == [
+        r["frame"] for r in read_csv(split / "train.csv")
+    ]
 
 
 @pytest.mark.slow
@@ -127,16 +162,22 @@ def compose_config(*overrides: str) -> dict:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
-@pytest.mark.parametrize("override,words", [
-    ("num_train_frames=-5", "num_train_frames"),
-    ("eval_every_frames=1", "shorter than one agent step"),
-    ("agent.batch_size=0", "batch_size"),
-    ("agent.std_schedule=cosine", "schedule"),
-    ("env.episode_length=2", "nstep"),
-    ("resume=maybe", "resume"),
-    ("video_format=avi", "video_format"),
-    ("logging.wandb.mode=on", "wandb.mode"),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("num_train_frames=-5", "num_train_frames"),
+        ("eval_every_frames=1", "shorter than one agent step"),
+        ("agent.batch_size=0", "batch_size"),
+        ("agent.std_schedule=cosine", "schedule"),
+        ("env.episode_length=2", "nstep"),
+        ("resume=maybe", "resume"),
+        ("video_format=avi", "video_format"),
+        ("logging.wandb.mode=on", "wandb.mode"),
+        ("seed=abc", "whole number"),
+        ("agent.hidden_dim=1.5", "agent.hidden_dim"),
+        ("+typo=1", "typo"),
+    ],
+)
 def test_bad_values_are_one_line_errors(override, words):
     cfg = compose_config(override)
     cfg["logging"]["wandb"].update(group="reach", name="drqv2-1")  # interpolations, unresolved here
@@ -145,16 +186,28 @@ def test_bad_values_are_one_line_errors(override, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
+def test_integral_floats_are_accepted():
+    cfg = compose_config("num_train_frames=1e5")
+    cfg["logging"]["wandb"].update(group="reach", name="drqv2-1")
+    assert TrainConfig.from_dict(cfg).num_train_frames == 100_000
+
+
 def test_profiles_compose():
     paper, cpu = compose_config(), compose_config("profile=cpu")
     assert paper["agent"]["batch_size"] == 8  # the test's own override wins over any profile
-    assert cpu["num_train_frames"] < compose_config("profile=paper", "num_train_frames=260000")["num_train_frames"]
+    assert (
+        cpu["num_train_frames"]
+        < compose_config("profile=paper", "num_train_frames=260000")["num_train_frames"]
+    )
     assert cpu["agent"]["updates_per_step"] == 1 and paper["agent"]["updates_per_step"] == 2
 
 
 def test_resume_true_finds_the_newest_run_with_a_checkpoint(tmp_path):
-    for stamp, with_checkpoint in (("2024-01-01_00-00-00", True), ("2024-01-02_00-00-00", True),
-                                   ("2024-01-03_00-00-00", False)):
+    for stamp, with_checkpoint in (
+        ("2024-01-01_00-00-00", True),
+        ("2024-01-02_00-00-00", True),
+        ("2024-01-03_00-00-00", False),
+    ):
         folder = tmp_path / f"{stamp}_door_open_drqv2_none_s1"
         (folder / "checkpoints").mkdir(parents=True)
         if with_checkpoint:

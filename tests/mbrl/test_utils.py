@@ -1,4 +1,5 @@
 """Frame<->step schedules, update ratios, derived seeds, device choice."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,9 @@ def test_every_fires_on_frame_multiples():
         Every(1, action_repeat=2)
 
 
-@pytest.mark.parametrize("ratio,steps,expected", [(2, 10, 20), (0.5, 10, 5), (0.25, 8, 2), (1, 7, 7), (0, 5, 0)])
+@pytest.mark.parametrize(
+    "ratio,steps,expected", [(2, 10, 20), (0.5, 10, 5), (0.25, 8, 2), (1, 7, 7), (0, 5, 0)]
+)
 def test_ratio_spreads_updates_over_steps(ratio, steps, expected):
     due = Ratio(ratio)
     counts = [due(s) for s in range(steps)]

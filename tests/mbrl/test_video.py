@@ -1,4 +1,5 @@
 """Episode videos: GIF and MP4 files readable back with the recorded frame count."""
+
 from __future__ import annotations
 
 import imageio.v2 as imageio

@@ -51,30 +51,9 @@ class DrQV2Config:
     channels_last: bool = True
 
     def __post_init__(self) -> None:
-        coerce_ints(
-            self,
-            (
-                "feature_dim",
-                "hidden_dim",
-                "num_filters",
-                "num_conv_layers",
-                "num_expl_steps",
-                "aug_pad",
-                "batch_size",
-                "nstep",
-            ),
-            prefix="agent.",
-        )
-        positive = (
-            "lr",
-            "feature_dim",
-            "hidden_dim",
-            "num_filters",
-            "num_conv_layers",
-            "batch_size",
-            "nstep",
-        )
-        for name in positive:
+        sizes = ("feature_dim", "hidden_dim", "num_filters", "num_conv_layers", "batch_size", "nstep")
+        coerce_ints(self, (*sizes, "num_expl_steps", "aug_pad"), prefix="agent.")
+        for name in ("lr", *sizes):
             if getattr(self, name) <= 0:
                 raise ValueError(f"agent.{name}={getattr(self, name)} must be > 0")
         for name in ("weight_decay", "num_expl_steps", "std_clip", "aug_pad", "updates_per_step"):

@@ -46,6 +46,8 @@ CHECKPOINT_VERSION = 1
 # Independent seed streams, combined with the run seed and a counter (see mbrl.utils.derive_seed).
 _TRAIN_EPISODE, _EVAL_EPISODE, _DEMO_EPISODE, _REPLAY = range(4)
 _RESUME_MODES = ("auto", True, False)
+# Settings that count frames or episodes (0 allowed: no training / no evaluation / no checkpoints / no demos).
+_COUNTS = ("num_train_frames", "eval_every_frames", "num_eval_episodes", "checkpoint_every_frames", "demos")
 
 
 @dataclass
@@ -74,25 +76,8 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        coerce_ints(
-            self,
-            (
-                "seed",
-                "num_train_frames",
-                "eval_every_frames",
-                "num_eval_episodes",
-                "checkpoint_every_frames",
-                "demos",
-                "replay_capacity",
-            ),
-        )
-        for name in (
-            "num_train_frames",
-            "num_eval_episodes",
-            "demos",
-            "eval_every_frames",
-            "checkpoint_every_frames",
-        ):
+        coerce_ints(self, ("seed", "replay_capacity", *_COUNTS))
+        for name in _COUNTS:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.resume not in _RESUME_MODES:

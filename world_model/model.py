@@ -1,15 +1,13 @@
 """The public iVideoGPT world model: tokenizer + transformer behind one facade.
 
 ``IVideoGPT`` loads and saves the published checkpoint layout, turns videos into token sequences and back,
-gives the training losses, and imagines rollouts as a batched environment (``reset`` / ``step``) through
-``Imaginer``, which decodes token by token with a static KV cache.
+gives the training losses, and imagines rollouts as a batched environment (``reset`` / ``step``) through the
+rollout engine ``world_model.imagination.Imaginer`` (static KV cache, compiled and graph-captured on GPU).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,62 +16,25 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+# sample_top_k and symexp are re-exported: they lived here before the engine moved to world_model.imagination
+from world_model.imagination import (  # noqa: F401
+    ImaginationConfig,
+    Imaginer,
+    eval_mode,
+    sample_top_k,
+    symexp,
+    symlog,
+)
 from world_model.layout import IGNORE_INDEX, RewardAlignment, TokenLayout
 from world_model.presets import get_preset
 from world_model.tokenizer import CONFIG_NAME as TOKENIZER_CONFIG
 from world_model.tokenizer import WEIGHTS_NAME as TOKENIZER_WEIGHTS
 from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig
-from world_model.transformer import KVCache, TransformerConfig, WorldModelTransformer
+from world_model.transformer import TransformerConfig, WorldModelTransformer
 
 TOKENIZER_DIR = "tokenizer"
 TRANSFORMER_DIR, TRANSFORMER_CONFIG, TRANSFORMER_WEIGHTS = "transformer", "config.json", "model.safetensors"
 LLM_PREFIX = "llm."
-
-
-def symlog(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.log1p(torch.abs(x))
-
-
-def symexp(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.expm1(torch.abs(x))
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Switch modules to eval mode (no dropout) for the block and restore their previous modes."""
-    modes = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.eval()
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
-
-
-def sample_top_k(logits: torch.Tensor, temperature: float, top_k: int | None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample one index per row without host syncs.
-
-    Args:
-        logits: (B, V).
-        temperature: softmax temperature; 0 picks the arg-max.
-        top_k: keep only the k largest logits (None or >= V: all).
-        generator: random source on the logits' device.
-
-    Returns:
-        (B,) int64 indices.
-    """
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    # argmax(p / E) with E ~ Exp(1) is a draw from p (the exponential race); unlike multinomial it never syncs
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / race).argmax(dim=-1)
 
 
 def base_layout(cfg: TokenizerConfig) -> TokenLayout:
@@ -82,109 +43,6 @@ def base_layout(cfg: TokenizerConfig) -> TokenLayout:
                        tokens_per_context_frame=cfg.tokens_per_context_frame,
                        tokens_per_future_frame=cfg.tokens_per_future_frame,
                        context_vocab_size=cfg.num_vq_embeddings, dynamics_vocab_size=cfg.num_dyn_embeddings)
-
-
-# --------------------------------------------------------------------------------- imagination
-class Imaginer:
-    """Batched imagination: prefill the context once, then decode each imagined frame token by token.
-
-    Per ``step`` the slot token (plus the action) and the n codes of the frame are fed through the static KV
-    cache, sampling only among the dynamics codes; the reward head reads the hidden state of the frame's last
-    token, and the frame is decoded once against the cached context features. Runs in eval mode, no grad.
-
-    Args:
-        transformer: the world-model transformer.
-        tokenizer: the compressive tokenizer.
-        layout: the token layout (any horizon; only its per-frame counts and ids are used).
-    """
-
-    def __init__(self, transformer: WorldModelTransformer, tokenizer: CompressiveTokenizer,
-                 layout: TokenLayout) -> None:
-        self.transformer, self.tokenizer = transformer, tokenizer
-        self.layout = layout.with_future_frames(0)
-        self._cache: KVCache | None = None
-
-    @property
-    def max_horizon(self) -> int:
-        """Most imagined frames that fit ``max_position_embeddings``."""
-        free = self.transformer.config.max_position_embeddings - self.layout.prefix_length
-        return max(free // self.layout.future_block_length, 0)
-
-    @torch.no_grad()
-    def reset(self, context_frames: torch.Tensor, goal: torch.Tensor | None = None, horizon: int | None = None,
-              temperature: float = 1.0, top_k: int | None = 100,
-              generator: torch.Generator | None = None) -> None:
-        """Start a batch of rollouts from real frames.
-
-        Args:
-            context_frames: (B, T0, 3, H, W) in [0, 1]; (B, T0 - 1, 3, H, W) when ``goal`` is given.
-            goal: (B, 3, H, W) goal frame for a goal-conditioned model: it goes first, as a context frame.
-            horizon: imagined frames this rollout will need (sizes the KV cache); default: as many as fit.
-            temperature, top_k: sampling of the dynamics codes (the paper: 1.0, 100).
-            generator: random source on the model's device, for reproducible rollouts.
-        """
-        layout = self.layout
-        frames = context_frames if goal is None else torch.cat([goal.unsqueeze(1), context_frames], dim=1)
-        if frames.dim() != 5 or frames.shape[1] != layout.context_frames:
-            wanted = layout.context_frames - (goal is not None)
-            raise ValueError(f"context_frames must be (B, {wanted}, 3, H, W)"
-                             f"{' plus a goal (B, 3, H, W)' if goal is not None else ''}; "
-                             f"got {tuple(context_frames.shape)}")
-        horizon = self.max_horizon if horizon is None else horizon
-        if not 1 <= horizon <= self.max_horizon:
-            raise ValueError(f"horizon must be in [1, {self.max_horizon}] (max_position_embeddings "
-                             f"{self.transformer.config.max_position_embeddings}), got {horizon}")
-        with eval_mode(self.transformer, self.tokenizer):
-            ctx_codes = self.tokenizer.encode_context(frames)
-            self._context = self.tokenizer.context_cache(ctx_codes)
-            batch = frames.shape[0]
-            self._cache = self.transformer.new_cache(batch, layout.prefix_length + horizon * layout.future_block_length)
-            self.transformer.prefill(layout.prefix(ctx_codes), self._cache)
-        device = ctx_codes.device
-        self._pos = torch.tensor(layout.prefix_length, device=device)
-        self._slot = torch.full((batch, 1), layout.sdf_id, device=device, dtype=torch.long)
-        self._horizon, self._steps = horizon, 0
-        self._sampling = (temperature, top_k, generator)
-
-    @torch.no_grad()
-    def step(self, actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Imagine the next frame of every rollout.
-
-        Args:
-            actions: (B, A) the action taken at the current frame; None for an action-free model.
-
-        Returns:
-            frames (B, 3, H, W) in [0, 1] and rewards (B,) of the transition (symexp of the head output),
-            or None when the model has no reward head.
-        """
-        if self._cache is None:
-            raise RuntimeError("call reset(context_frames) before step()")
-        if self._steps >= self._horizon:
-            raise ValueError(f"rollout horizon {self._horizon} reached; pass a larger horizon to reset()")
-        model, layout = self.transformer, self.layout
-        batch = self._cache.batch_size
-        if model.action_dim is None and actions is not None:
-            raise ValueError("this world model is action-free: call step() without actions")
-        if model.action_dim is not None and (actions is None or actions.shape != (batch, model.action_dim)):
-            got = None if actions is None else tuple(actions.shape)
-            raise ValueError(f"step() needs actions of shape ({batch}, {model.action_dim}), got {got}")
-        temperature, top_k, generator = self._sampling
-        first, last = layout.dynamics_offset, layout.scf_id
-        token, action, codes = self._slot, actions, []
-        with eval_mode(model, self.tokenizer):
-            for _ in range(layout.tokens_per_future_frame):
-                logits, _ = model.decode_step(token, self._pos, self._cache, action)
-                code = sample_top_k(logits[:, first:last], temperature, top_k, generator)
-                codes.append(code)
-                token, action = (code + first).unsqueeze(1), None
-                self._pos += 1
-            # feeding the frame's last code stores its keys/values and yields the reward read-out
-            _, hidden = model.decode_step(token, self._pos, self._cache)
-            self._pos += 1
-            frames = self.tokenizer.decode_future(torch.stack(codes, dim=1).unsqueeze(1), self._context)
-        self._steps += 1
-        reward = model.rewards(hidden)
-        return frames[:, 0].clamp(0.0, 1.0), None if reward is None else symexp(reward)
 
 
 # ------------------------------------------------------------------------------------ facade
@@ -197,10 +55,12 @@ class IVideoGPT(nn.Module):
         reward_alignment: which reward the head at future frame k learns: ``"clean"`` (default) the reward
             of the transition into frame k, ``"official"`` the one out of it (the published MBRL code).
         reward_weight: weight of the reward MSE in :meth:`transformer_loss`.
+        imagination: performance knobs of the rollout engine behind :meth:`reset` / :meth:`step`.
     """
 
     def __init__(self, tokenizer: CompressiveTokenizer, transformer: WorldModelTransformer,
-                 reward_alignment: RewardAlignment = "clean", reward_weight: float = 1.0) -> None:
+                 reward_alignment: RewardAlignment = "clean", reward_weight: float = 1.0,
+                 imagination: ImaginationConfig | None = None) -> None:
         super().__init__()
         if reward_alignment not in ("clean", "official"):
             raise ValueError(f"reward_alignment must be 'clean' or 'official', got {reward_alignment!r}")
@@ -212,7 +72,7 @@ class IVideoGPT(nn.Module):
                              f"separators = {self._layout.vocab_size})")
         self.reward_alignment: RewardAlignment = reward_alignment
         self.reward_weight = reward_weight
-        self.imaginer = Imaginer(transformer, tokenizer, self._layout)
+        self.imaginer = Imaginer(transformer, tokenizer, self._layout, imagination)
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -250,7 +110,7 @@ class IVideoGPT(nn.Module):
             name: preset name (see ``world_model.presets.PRESETS``).
             action_dim: action size for an action-conditioned model, None for action-free.
             reward_head: add the reward head.
-            **kwargs: passed to the constructor (``reward_alignment``, ``reward_weight``).
+            **kwargs: passed to the constructor (``reward_alignment``, ``reward_weight``, ``imagination``).
         """
         preset = get_preset(name)
         tok_cfg = TokenizerConfig.preset(preset.tokenizer)

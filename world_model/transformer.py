@@ -182,7 +182,10 @@ class Attention(nn.Module):
         # under autocast k/v may come out in a lower precision than the cache holds
         cache[0].index_copy_(2, pos, k.to(cache[0].dtype))
         cache[1].index_copy_(2, pos, v.to(cache[1].dtype))
-        return self._attend(q, cache[0], cache[1], mask, causal=False)
+        # grouped heads are broadcast by the kernel: repeating them would copy the whole cache every token
+        out = F.scaled_dot_product_attention(q.to(cache[0].dtype), cache[0], cache[1], attn_mask=mask,
+                                             enable_gqa=self.num_heads != self.num_kv_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], 1, -1))
 
 
 class MLP(nn.Module):
@@ -416,19 +419,34 @@ class WorldModelTransformer(nn.Module):
         Returns:
             logits (B, V) for the next token and hidden (B, H) of ``token`` after the final norm.
         """
+        hidden = self.decode_hidden(token, pos, cache, self.action_embedding(action))
+        return self.llm.lm_head(hidden), hidden
+
+    def action_embedding(self, action: torch.Tensor | None) -> torch.Tensor | None:
+        """What a slot token's embedding gets added: the action map of ``action`` (B, A) -> (B, H)."""
+        if action is None:
+            return None
+        if self.action_linear is None:
+            raise ValueError("an action was given to an action-free model")
+        return self.action_linear(action)
+
+    def decode_hidden(self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache,
+                      embed_add: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`decode_step` without the LM head: the hidden state (B, H) of ``token`` (B, 1) at ``pos``.
+
+        ``embed_add`` (B, H) is added to the token embedding (see :meth:`action_embedding`). Static shapes and
+        no host syncs, so it can be compiled and captured in a CUDA graph.
+        """
         pos = pos.reshape(1)
         x = self.llm.model.embed_tokens(token)
-        if action is not None:
-            if self.action_linear is None:
-                raise ValueError("an action was given to an action-free model")
-            x = x + self.action_linear(action).unsqueeze(1).to(x.dtype)
+        if embed_add is not None:
+            x = x + embed_add.unsqueeze(1).to(x.dtype)
         rotary = self.llm.model.rotary
         cos, sin = rotary.cos.index_select(0, pos), rotary.sin.index_select(0, pos)
         mask = (cache.positions <= pos).view(1, 1, 1, -1)
         for index, layer in enumerate(self.llm.model.layers):
             x = layer.decode(x, cos, sin, pos, mask, cache.layer(index))
-        hidden = self.llm.model.norm(x)[:, 0]
-        return self.llm.lm_head(hidden), hidden
+        return self.llm.model.norm(x)[:, 0]
 
 
 def num_parameters(module: nn.Module) -> int:

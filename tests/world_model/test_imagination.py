@@ -1,0 +1,209 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from world_model.imagination import (
+    ImaginationConfig,
+    Imaginer,
+    draw_noise,
+    no_capture,
+    pad_rows,
+    padded_batch_size,
+    sample_codes,
+    symexp,
+)
+from world_model.model import IVideoGPT
+from world_model.reference_rollout import reference_rollout
+
+
+def load_tiny(root: Path, tiny: Path, transformer: str) -> IVideoGPT:
+    root.mkdir(parents=True)
+    (root / "tokenizer").symlink_to(tiny / "tokenizer", target_is_directory=True)
+    (root / "transformer").symlink_to(tiny / transformer, target_is_directory=True)
+    return IVideoGPT.from_pretrained(root)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagination")
+    return {"heads": load_tiny(root / "heads", tiny_checkpoint, "transformer_with_heads"),
+            "bare": load_tiny(root / "bare", tiny_checkpoint, "transformer")}
+
+
+@pytest.fixture(scope="module")
+def contexts(tiny_checkpoint):
+    """Four different two-frame contexts (two windows of each fixture video) and smooth actions."""
+    data = np.load(tiny_checkpoint / "fixture.npz")
+    frames, actions = torch.from_numpy(data["frames"]), torch.from_numpy(data["actions"])
+    return torch.cat([frames[:, 0:2], frames[:, 3:5]]), torch.cat([actions, actions.flip(1)])
+
+
+def engine_rollout(imaginer: Imaginer, context: torch.Tensor, actions: torch.Tensor | None, horizon: int,
+                   seed: int, **kwargs):
+    """codes (B, K, n), raw rewards (B, K) or None, frames (B, K, 3, H, W) via sample() + decode()."""
+    imaginer.reset(context, horizon=horizon, generator=torch.Generator().manual_seed(seed), **kwargs)
+    codes, rewards, frames = [], [], []
+    for t in range(horizon):
+        code, reward = imaginer.sample(None if actions is None else actions[:, t])
+        codes.append(code)
+        rewards.append(reward)
+        frames.append(imaginer.decode(code))
+    raw = None if rewards[0] is None else torch.stack(rewards, 1)
+    return torch.stack(codes, 1), raw, torch.stack(frames, 1)
+
+
+# ------------------------------------------------------------------------------------- sampling
+def test_sample_codes_draws_from_the_top_k_softmax():
+    logits = torch.tensor([[2.0, 0.5, 1.0, -1.0, 1.5, 0.0]])
+    rows = 40_000
+    gen = torch.Generator().manual_seed(0)
+    for top_k, temperature in ((3, 2.0), (None, 1.0)):
+        width = 6 if top_k is None else top_k
+        draws = sample_codes(logits.expand(rows, -1), draw_noise((rows, width), gen, torch.device("cpu")),
+                             temperature, top_k)
+        expected = torch.softmax(logits[0] / temperature, 0)
+        if top_k is not None:
+            expected = torch.where(logits[0] >= logits[0].topk(top_k).values[-1], expected, 0.0)
+            expected = expected / expected.sum()
+        frequencies = torch.bincount(draws, minlength=6).float() / rows
+        assert (frequencies[expected == 0] == 0).all()
+        torch.testing.assert_close(frequencies, expected, atol=0.01, rtol=0)
+    assert sample_codes(logits, None, 0.0, 3).item() == 0
+    with pytest.raises(ValueError, match="noise"):
+        sample_codes(logits, None, 1.0, 3)
+
+
+def test_padding_helpers():
+    sizes = (1, 2, 4, 8)
+    assert [padded_batch_size(b, sizes) for b in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 9]
+    x = torch.arange(6).view(3, 2)
+    assert pad_rows(x, 3) is x
+    assert pad_rows(x, 5).tolist() == [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]
+
+
+# ---------------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("name,batch,horizon,per_call_cache", [
+    ("heads", 1, 3, False),
+    ("heads", 3, 2, False),
+    ("heads", 4, 3, True),
+    ("bare", 2, 3, False),
+    ("bare", 3, 1, True),
+])
+def test_engine_samples_exactly_the_reference_tokens(models, contexts, name, batch, horizon, per_call_cache):
+    """Same draws, same codes: the KV-cached engine against a re-read of the whole sequence per frame (or per
+    token); its frames and rewards (read at each frame's last code, actions at the slots) match too."""
+    model = models[name]
+    context = contexts[0][:batch]
+    actions = None if name == "bare" else contexts[1][:batch, :horizon]
+    codes, raw, frames = engine_rollout(model.imaginer, context, actions, horizon, seed=7)
+    ref_frames, ref_rewards, ref_codes = reference_rollout(
+        model, context, actions, horizon, generator=torch.Generator().manual_seed(7), per_call_cache=per_call_cache)
+    assert torch.equal(codes, ref_codes)
+    assert len(codes.unique()) > 1  # really sampled, not a constant
+    torch.testing.assert_close(frames, ref_frames, atol=1e-5, rtol=0)
+    if name == "bare":
+        assert raw is None and ref_rewards is None
+    else:
+        torch.testing.assert_close(symexp(raw), ref_rewards, atol=1e-5, rtol=1e-5)
+    # step() is sample() then decode()
+    model.reset(context, horizon=horizon, generator=torch.Generator().manual_seed(7))
+    first_frame, first_reward = model.step(None if actions is None else actions[:, 0])
+    assert torch.equal(first_frame, frames[:, 0])
+    assert first_reward is None if raw is None else torch.equal(first_reward, symexp(raw[:, 0]))
+
+
+def test_greedy_engine_equals_greedy_reference(models, contexts):
+    model, (context, actions) = models["heads"], contexts
+    codes, _, _ = engine_rollout(model.imaginer, context[:2], actions[:2], 2, seed=0, temperature=0.0)
+    _, _, ref_codes = reference_rollout(model, context[:2], actions[:2], 2, temperature=0.0)
+    assert torch.equal(codes, ref_codes)
+
+
+# ---------------------------------------------------------------------------- static buffers
+def test_static_path_pads_reuses_captures_and_clones(models, contexts):
+    """The CUDA-graph path's bookkeeping, run on CPU with a capture that only counts."""
+    model, (context, actions) = models["heads"], contexts
+    captured = []
+
+    def counting_capture(run):
+        captured.append(run)
+        return no_capture(run)
+
+    imaginer = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout,
+                        ImaginationConfig(graph_batch_sizes=(2, 4)), capture=counting_capture)
+    codes, raw, frames = engine_rollout(imaginer, context[:3], actions[:3], 3, seed=3)
+    assert len(captured) == 1 and imaginer._active.state.batch_size == 4
+    plain, plain_raw, plain_frames = engine_rollout(model.imaginer, context[:3], actions[:3], 3, seed=3)
+    assert torch.equal(codes, plain)
+    torch.testing.assert_close(raw, plain_raw, atol=1e-6, rtol=0)
+    torch.testing.assert_close(frames, plain_frames, atol=1e-6, rtol=0)
+
+    # outputs are copies: later steps overwrite the static buffers, never what was returned
+    imaginer.reset(context[:3], horizon=2, generator=torch.Generator().manual_seed(0))
+    first, _ = imaginer.sample(actions[:3, 0])
+    kept = first.clone()
+    imaginer.sample(actions[:3, 1])
+    assert torch.equal(first, kept) and not torch.equal(first, imaginer._active.state.codes[:3])
+    assert len(captured) == 2  # horizon 2 needs a cache of another length
+
+    # the same padded size and cache length reuse the captured step, other sizes get their own
+    engine_rollout(imaginer, context[:4], actions[:4], 3, seed=3)
+    assert len(captured) == 2
+    engine_rollout(imaginer, context[:1], actions[:1], 3, seed=3)
+    assert len(captured) == 3 and imaginer._active.state.batch_size == 2
+    imaginer.release()
+    with pytest.raises(RuntimeError, match="reset"):
+        imaginer.sample(actions[:1, 0])
+
+
+def test_compiled_token_step_has_no_graph_breaks(models, contexts):
+    """fullgraph=True: tracing fails on a host sync or a Python branch on a tensor value."""
+    model, (context, actions) = models["heads"], contexts
+    compiled = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout,
+                        ImaginationConfig(compile=True, compile_backend="eager"))
+    codes, raw, frames = engine_rollout(compiled, context[:2], actions[:2], 2, seed=5)
+    plain, plain_raw, plain_frames = engine_rollout(model.imaginer, context[:2], actions[:2], 2, seed=5)
+    assert torch.equal(codes, plain) and torch.equal(raw, plain_raw) and torch.equal(frames, plain_frames)
+
+
+def test_bfloat16_replica_is_refreshed_at_every_reset(models, contexts):
+    model, (context, actions) = models["heads"], contexts
+    imaginer = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout,
+                        ImaginationConfig(precision="bfloat16"))
+    _, raw, frames = engine_rollout(imaginer, context[:2], actions[:2], 1, seed=0)
+    assert frames.dtype == raw.dtype == torch.float32 and 0 <= frames.min() and frames.max() <= 1
+    replica = imaginer.decoder_model(torch.bfloat16)
+    head = model.transformer.llm.lm_head.weight
+    assert replica is not model.transformer and replica.llm.lm_head.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(replica.llm.lm_head.weight.float(), head, atol=0.01, rtol=0.01)
+    with torch.no_grad():
+        head.add_(1.0)  # as an optimizer step between rollout batches would
+    try:
+        imaginer.reset(context[:2], horizon=1)
+        assert imaginer.decoder_model(torch.bfloat16) is replica  # refreshed in place, graphs stay valid
+        torch.testing.assert_close(replica.llm.lm_head.weight.float(), head, atol=0.02, rtol=0.01)
+    finally:
+        with torch.no_grad():
+            head.sub_(1.0)
+    assert head.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------- settings
+def test_config_resolution_and_errors(models, contexts):
+    assert ImaginationConfig().resolve(torch.device("cpu")) == (False, False, torch.float32)
+    assert ImaginationConfig(compile=True).resolve(torch.device("cpu"))[0] is True
+    with pytest.raises(ValueError, match="cuda_graphs=True needs"):
+        ImaginationConfig(cuda_graphs=True).resolve(torch.device("cpu"))
+    with pytest.raises(ValueError, match="compile"):
+        ImaginationConfig(compile="yes")
+    with pytest.raises(ValueError, match="precision"):
+        ImaginationConfig(precision="float16")
+    model, (context, actions) = models["heads"], contexts
+    with pytest.raises(ValueError, match="top_k"):
+        model.reset(context[:1], horizon=1, top_k=0)
+    model.reset(context[:1], horizon=1)
+    model.step(actions[:1, 0])
+    with pytest.raises(ValueError, match="horizon 1 reached"):
+        model.step(actions[:1, 1])

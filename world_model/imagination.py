@@ -294,6 +294,8 @@ class Imaginer:
         if replica is None or replica.llm.lm_head.weight.dtype != dtype or \
                 replica.llm.lm_head.weight.device != weight.device:
             replica = copy.deepcopy(source).to(dtype).eval().requires_grad_(False)
+            for param in replica.parameters():
+                param.grad = None  # deepcopy copies gradients too
             self._replica, self._static = replica, {}
         else:
             with torch.no_grad():
@@ -426,7 +428,9 @@ class Imaginer:
         if not use_compile:
             return self._token_step
         if "token" not in self._compiled:
-            self._compiled["token"] = torch.compile(self._token_step, fullgraph=True, dynamic=False,
+            # default dynamic shapes: a second batch size recompiles once with a symbolic batch instead of
+            # once per size (which would soon exceed dynamo's recompile limit)
+            self._compiled["token"] = torch.compile(self._token_step, fullgraph=True,
                                                     backend=self.config.compile_backend)
         return self._compiled["token"]
 

@@ -230,6 +230,16 @@ class ContextCache:
         return self._map(lambda t: t.to(device))
 
 
+def inference_layout(x: torch.Tensor) -> torch.Tensor:
+    """Feature maps ``(N, C, H, W)`` in the memory layout that runs inference fastest on their device.
+
+    On CPU that is channels-last: oneDNN convolutions and group norm keep it end to end (decoding a batch of
+    future frames measured about 1.4x faster). CUDA's eager group norm returns channels-first, so there the
+    layout is left as it is (``torch.compile`` picks its own).
+    """
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+
+
 def patchify(latent: torch.Tensor, patch: int) -> torch.Tensor:
     """``(N, C, h, w)`` -> ``(N, (h/p) * (w/p), p * p * C)``: row-major patches, each flattened (p_h, p_w, C)."""
     n, c, h, w = latent.shape
@@ -328,7 +338,7 @@ class CompressiveTokenizer(nn.Module):
         """Context frames ``(B, T0, 3, H, W)`` in [0, 1] -> context codes ``(B, T0, N)``."""
         self._check_frames(frames, "context frames")
         b, t0 = frames.shape[:2]
-        latent = self.quant_conv(self.encoder(frames.flatten(0, 1))[0])
+        latent = self.quant_conv(self.encoder(inference_layout(frames.flatten(0, 1)))[0])
         return self.quantize.nearest(latent.permute(0, 2, 3, 1)).view(b, t0, -1)
 
     @torch.no_grad()
@@ -374,7 +384,8 @@ class CompressiveTokenizer(nn.Module):
         """Context codes ``(B, T0, N)`` -> the ``ContextCache`` that ``decode_future`` needs."""
         self._check_codes(context_codes, self.config.tokens_per_context_frame, "context codes")
         self._check_context_length(context_codes.shape[1])
-        features = self.decoder.features(self._embed_context(context_codes), self.cond_decoder.attention_stages)
+        features = self.decoder.features(inference_layout(self._embed_context(context_codes)),
+                                         self.cond_decoder.attention_stages)
         return ContextCache(self._key_values(self.cond_decoder.cross_att_blocks, features, context_codes.shape[0]))
 
     def decode_context(self, codes: torch.Tensor) -> torch.Tensor:
@@ -390,7 +401,8 @@ class CompressiveTokenizer(nn.Module):
                 f"dynamics codes have {codes.shape[0]} rows but the context cache has {cache.batch_size}; "
                 "expand the cache with cache.repeat_interleave() / index_select()"
             )
-        return self._frames(self.cond_decoder(self._embed_future(codes), cache.kv)[0], codes.shape[0])
+        future = self.cond_decoder(inference_layout(self._embed_future(codes)), cache.kv)[0]
+        return self._frames(future.contiguous(), codes.shape[0])
 
     def detokenize(self, context_codes: torch.Tensor, dynamics_codes: torch.Tensor) -> torch.Tensor:
         """Context ``(B, T0, N)`` and dynamics ``(B, K, n)`` codes -> frames ``(B, T0 + K, 3, H, W)``."""

@@ -179,9 +179,10 @@ class Attention(nn.Module):
                mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """One token ``x`` (B, 1, H) at position ``pos`` (1,) attending to the cache under ``mask``."""
         q, k, v = self._project(x, cos, sin)
-        # under autocast k/v may come out in a lower precision than the cache holds
-        cache[0].index_copy_(2, pos, k.to(cache[0].dtype))
-        cache[1].index_copy_(2, pos, v.to(cache[1].dtype))
+        # under autocast k/v may come out in a lower precision than the cache holds; an indexed store (not
+        # index_copy_) is what torch.compile turns into an in-place write instead of a copy of the whole cache
+        cache[0][:, :, pos] = k.to(cache[0].dtype)
+        cache[1][:, :, pos] = v.to(cache[1].dtype)
         # grouped heads are broadcast by the kernel: repeating them would copy the whole cache every token
         out = F.scaled_dot_product_attention(q.to(cache[0].dtype), cache[0], cache[1], attn_mask=mask,
                                              enable_gqa=self.num_heads != self.num_kv_heads)

@@ -1,0 +1,262 @@
+"""Imagined transitions per second: the rollout engine against the official-style reference rollout.
+
+    python experiments/bench_imagination.py [--json] [--preset cpu|paper64|tiny] [--batches 1,32,256]
+        [--horizon 10] [--max-seconds 300] [--repeats 2] [--threads N]
+
+`engine` is `IVideoGPT.reset/step` (`world_model.imagination.Imaginer`, default `ImaginationConfig`: compiled
+and CUDA-graph-captured in bfloat16 on a GPU, eager float32 on a CPU). `reference` is
+`world_model.reference_rollout.reference_rollout`: the published rollout's algorithm written with this
+project's modules (per imagined frame a fresh generate that re-reads the whole sequence, then detokenize;
+bfloat16 autocast on a GPU as the official code), in eval mode and with the context's cross-attention
+keys/values cached, so it is a *faster* baseline than the official code (see that module's docstring).
+
+A transition is one imagined frame of one rollout: throughput = batch * horizon / seconds of one rollout batch
+(`reset` + `horizon` steps, the model random-initialised from the preset, random actions). Times are the best
+of `--repeats` runs after a warm-up (`reset` + one step: compilation and graph capture happen there and are
+not counted). One more engine run, synchronised between phases, gives the breakdown: `reset` and per-step
+token sampling / frame decoding. Combos whose estimated time (extrapolated linearly in the batch from the
+last measured one) exceeds `--max-seconds` are skipped and marked. On CUDA the table also gives the floor of
+a token step implied by the bytes it must move (decode weights + the keys/values attended + written) at the
+bandwidth of a large device copy, and the fraction of it the engine reaches. The load average is printed:
+other processes on the machine slow CPU runs down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from world_model.model import IVideoGPT
+from world_model.reference_rollout import reference_rollout
+from world_model.transformer import WorldModelTransformer
+
+ACTION_DIM = 4  # Meta-World
+PRESETS = ("cpu", "paper64", "tiny")
+
+
+@dataclass
+class Row:
+    """One batch size: seconds per rollout batch for both paths, and what they imply."""
+
+    preset: str
+    device: str
+    batch: int
+    horizon: int
+    engine_s: float | None = None
+    reference_s: float | None = None
+    engine_tps: float | None = None
+    reference_tps: float | None = None
+    ratio: float | None = None
+    reset_s: float | None = None
+    sample_ms_per_step: float | None = None
+    decode_ms_per_step: float | None = None
+    token_step_us: float | None = None
+    floor_token_step_us: float | None = None
+    floor_fraction: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn: Callable[..., object], *args: object) -> float:
+    """Wall seconds of ``fn(*args)``, device work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn(*args)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def make_inputs(model: IVideoGPT, batch: int, horizon: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Context frames (B, T0, 3, H, W) in [0, 1] and actions (B, horizon, A) in [-1, 1]."""
+    gen = torch.Generator().manual_seed(batch)
+    size = model.tokenizer.config.resolution
+    frames = torch.rand(batch, model.context_frames, 3, size, size, generator=gen)
+    actions = torch.rand(batch, horizon, ACTION_DIM, generator=gen) * 2 - 1
+    return frames.to(device), actions.to(device)
+
+
+def engine_run(model: IVideoGPT, frames: torch.Tensor, actions: torch.Tensor, steps: int) -> None:
+    model.reset(frames, horizon=actions.shape[1], generator=torch.Generator(frames.device).manual_seed(0))
+    for t in range(steps):
+        model.step(actions[:, t])
+
+
+def engine_breakdown(model: IVideoGPT, frames: torch.Tensor, actions: torch.Tensor, device: torch.device
+                     ) -> tuple[float, float, float]:
+    """Seconds of reset, and mean seconds per step of token sampling and of frame decoding (synchronised)."""
+    imaginer, horizon = model.imaginer, actions.shape[1]
+    start = time.perf_counter()
+    model.reset(frames, horizon=horizon, generator=torch.Generator(device).manual_seed(0))
+    sync(device)
+    reset_s, sample_s, decode_s = time.perf_counter() - start, 0.0, 0.0
+    for t in range(horizon):
+        start = time.perf_counter()
+        codes, _ = imaginer.sample(actions[:, t])
+        sync(device)
+        middle = time.perf_counter()
+        imaginer.decode(codes)
+        sync(device)
+        sample_s, decode_s = sample_s + middle - start, decode_s + time.perf_counter() - middle
+    return reset_s, sample_s / horizon, decode_s / horizon
+
+
+def reference_run(model: IVideoGPT, frames: torch.Tensor, actions: torch.Tensor, device: torch.device) -> None:
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    reference_rollout(model, frames, actions, actions.shape[1], generator=torch.Generator(device).manual_seed(0),
+                      per_call_cache=True, autocast=autocast)
+
+
+# ------------------------------------------------------------------------------------ GPU floor
+def copy_bandwidth(device: torch.device, gib: float = 1.0, runs: int = 10) -> float:
+    """Bytes/s of a large device-to-device copy (read + write counted), best of ``runs``."""
+    src = torch.empty(int(gib * 2**30) // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(timed(device, dst.copy_, src) for _ in range(runs))
+    return 2 * src.numel() * src.element_size() / best
+
+
+def token_step_bytes(model: WorldModelTransformer, batch: int, prefix: int, horizon: int, block: int,
+                     codes: int, dtype: torch.dtype) -> float:
+    """Bytes one token step must move, averaged over a rollout: weights it reads + keys/values attended/written.
+
+    The embedding table and the LM head's rows outside the dynamics codes are not read (one embedding row per
+    rollout, negligible); the keys/values read are those of the positions before and at the token.
+    """
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    llm = model.llm
+    params = sum(p.numel() for name, p in model.named_parameters()
+                 if not name.startswith(("llm.model.embed_tokens", "llm.lm_head")))
+    params += codes * llm.lm_head.in_features
+    cfg = model.config
+    per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * batch * itemsize
+    steps = horizon * block
+    mean_attended = prefix + (steps + 1) / 2
+    return params * itemsize + per_position * (mean_attended + 1)
+
+
+# ----------------------------------------------------------------------------------------- main
+def estimate(history: list[tuple[int, float]], batch: int, runs: int) -> float | None:
+    """Seconds for ``runs`` runs at ``batch``, linear in the batch from the last measured one (None: unknown)."""
+    if not history:
+        return None
+    last_batch, last_seconds = history[-1]
+    return last_seconds * batch / last_batch * runs
+
+
+def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_seconds: float,
+          device: torch.device, bandwidth: float | None) -> list[Row]:
+    """Both paths at every batch size (ascending); ``bandwidth`` (bytes/s) gives the token-step floor."""
+    torch.manual_seed(0)
+    model = IVideoGPT.from_preset(preset, action_dim=ACTION_DIM, reward_head=True).to(device).eval()
+    layout = model.layout(horizon)
+    dtype = model.imaginer.config.resolve(device)[2]
+    engine_history: list[tuple[int, float]] = []
+    reference_history: list[tuple[int, float]] = []
+    rows = []
+    for batch in sorted(batches):
+        row = Row(preset, str(device), batch, horizon)
+        frames, actions = make_inputs(model, batch, horizon, device)
+        # engine: warm-up (reset + 1 step, compile and capture) + repeats + one synchronised breakdown run
+        guess = estimate(engine_history, batch, repeats + 2)
+        if guess is not None and guess > max_seconds:
+            row.notes.append(f"engine skipped: est. {guess:.0f} s > --max-seconds {max_seconds:.0f}")
+        else:
+            engine_run(model, frames, actions, steps=1)
+            row.engine_s = min(timed(device, engine_run, model, frames, actions, horizon) for _ in range(repeats))
+            engine_history.append((batch, row.engine_s))
+            row.reset_s, sample_s, decode_s = engine_breakdown(model, frames, actions, device)
+            row.sample_ms_per_step, row.decode_ms_per_step = 1e3 * sample_s, 1e3 * decode_s
+            row.token_step_us = 1e6 * sample_s / layout.future_block_length
+            row.engine_tps = batch * horizon / row.engine_s
+            if bandwidth is not None:
+                moved = token_step_bytes(model.transformer, batch, layout.prefix_length, horizon,
+                                         layout.future_block_length, layout.dynamics_vocab_size, dtype)
+                row.floor_token_step_us = 1e6 * moved / bandwidth
+                row.floor_fraction = row.floor_token_step_us / row.token_step_us
+            model.imaginer.release()
+        guess = estimate(reference_history, batch, repeats)
+        if guess is not None and guess > max_seconds:
+            row.notes.append(f"reference skipped: est. {guess:.0f} s > --max-seconds {max_seconds:.0f}")
+        else:
+            row.reference_s = min(timed(device, reference_run, model, frames, actions, device)
+                                  for _ in range(repeats))
+            reference_history.append((batch, row.reference_s))
+            row.reference_tps = batch * horizon / row.reference_s
+        if row.engine_s is not None and row.reference_s is not None:
+            row.ratio = row.reference_s / row.engine_s
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        rows.append(row)
+    return rows
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[Row], machine: dict) -> None:
+    print(f"device {machine['device']}, torch {machine['torch']}, threads {machine['threads']}, "
+          f"load average at start {machine['load_average']}"
+          + (f", copy bandwidth {machine['bandwidth_gb_s']:.0f} GB/s" if machine.get("bandwidth_gb_s") else ""))
+    header = (f"{'preset':8} {'batch':>5} {'H':>3} | {'engine tr/s':>11} {'reference tr/s':>14} {'ratio':>6} | "
+              f"{'reset s':>7} {'tokens ms/step':>14} {'decode ms/step':>14} | {'token us':>8} {'floor us':>8} "
+              f"{'of floor':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.preset:8} {r.batch:>5} {r.horizon:>3} | {fmt(r.engine_tps, '11.1f')} "
+              f"{fmt(r.reference_tps, '14.1f')} {fmt(r.ratio, '6.1f')} | {fmt(r.reset_s, '7.2f')} "
+              f"{fmt(r.sample_ms_per_step, '14.1f')} {fmt(r.decode_ms_per_step, '14.1f')} | "
+              f"{fmt(r.token_step_us, '8.0f')} {fmt(r.floor_token_step_us, '8.0f')} {fmt(r.floor_fraction, '8.0%')}")
+        for note in r.notes:
+            print(f"{'':14}  {note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=PRESETS, default="cpu")
+    parser.add_argument("--batches", default="1,32,256", help="comma-separated batch sizes")
+    parser.add_argument("--horizon", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per path; the best is kept")
+    parser.add_argument("--max-seconds", type=float, default=300.0,
+                        help="skip a path at a batch size when its estimated time exceeds this")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    try:
+        batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    except ValueError:
+        parser.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+    if not batches or min(batches) < 1 or args.horizon < 1 or args.repeats < 1:
+        parser.error("--batches, --horizon and --repeats must be positive")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "load_average": [round(x, 2) for x in os.getloadavg()]}
+    bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
+    if bandwidth is not None:
+        machine["bandwidth_gb_s"] = bandwidth / 1e9
+    rows = bench(args.preset, batches, args.horizon, args.repeats, args.max_seconds, device, bandwidth)
+    if args.json:
+        print(json.dumps({"machine": machine, "rows": [asdict(r) for r in rows]}, indent=1))
+    else:
+        print_table(rows, machine)
+
+
+if __name__ == "__main__":
+    main()

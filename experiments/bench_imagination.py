@@ -14,7 +14,8 @@ A transition is one imagined frame of one rollout: throughput = batch * horizon 
 (`reset` + `horizon` steps, the model random-initialised from the preset, random actions). Times are the best
 of `--repeats` runs after a warm-up (`reset` + one step: compilation and graph capture happen there and are
 not counted). One more engine run, synchronised between phases, gives the breakdown: `reset` and per-step
-token sampling / frame decoding. Combos whose estimated time (extrapolated linearly in the batch from the
+token sampling / frame decoding. Both paths decode every frame with the same call, so `w/o decode` is the
+ratio with that shared cost taken out of both (an estimate: the engine's decode time subtracted from each). Combos whose estimated time (extrapolated linearly in the batch from the
 last measured one) exceeds `--max-seconds` are skipped and marked. On CUDA the table also gives the floor of
 a token step implied by the bytes it must move (decode weights + the keys/values attended + written) at the
 bandwidth of a large device copy, and the fraction of it the engine reaches. The load average is printed:
@@ -29,6 +30,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -38,6 +40,10 @@ from world_model.transformer import WorldModelTransformer
 
 ACTION_DIM = 4  # Meta-World
 PRESETS = ("cpu", "paper64", "tiny")
+# the official code's own rollout timings on a 2-core CPU (shared/README.md), for the sizes it was timed at
+BASELINE = (Path(os.environ.get("IVG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+            / "reference" / "ivideogpt" / "baseline_cpu_timings.json")
+BASELINE_SIZES = {"tiny": "tiny", "paper64": "paper"}
 
 
 @dataclass
@@ -53,6 +59,7 @@ class Row:
     engine_tps: float | None = None
     reference_tps: float | None = None
     ratio: float | None = None
+    ratio_without_decode: float | None = None
     reset_s: float | None = None
     sample_ms_per_step: float | None = None
     decode_ms_per_step: float | None = None
@@ -146,6 +153,21 @@ def token_step_bytes(model: WorldModelTransformer, batch: int, prefix: int, hori
     return params * itemsize + per_position * (mean_attended + 1)
 
 
+def official_notes(preset: str, batch: int, horizon: int) -> list[str]:
+    """The official code's measured throughput at this size, batch and horizon (quiet runs), if it was timed."""
+    if preset not in BASELINE_SIZES or not BASELINE.is_file():
+        return []
+    notes = []
+    for run in json.loads(BASELINE.read_text())["results"]:
+        if (run["condition"], run["what"], run["size"], run["batch"], run.get("horizon")) == \
+                ("quiet", "rollout", BASELINE_SIZES[preset], batch, horizon):
+            mode = "training mode (official)" if run["transformer_training_mode"] else "eval mode (not official)"
+            notes.append(f"official code on a 2-core CPU: {run['median_imagined_frames_per_s']:.1f} tr/s, "
+                         f"{mode}, transformers {run['transformers']}, {run['threads']} threads "
+                         f"({BASELINE.name})")
+    return notes
+
+
 # ----------------------------------------------------------------------------------------- main
 def estimate(history: list[tuple[int, float]], batch: int, runs: int) -> float | None:
     """Seconds for ``runs`` runs at ``batch``, linear in the batch from the last measured one (None: unknown)."""
@@ -171,7 +193,7 @@ def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_secon
         # engine: warm-up (reset + 1 step, compile and capture) + repeats + one synchronised breakdown run
         guess = estimate(engine_history, batch, repeats + 2)
         if guess is not None and guess > max_seconds:
-            row.notes.append(f"engine skipped: est. {guess:.0f} s > --max-seconds {max_seconds:.0f}")
+            row.notes.append(f"engine skipped: est. {guess:.3g} s > --max-seconds {max_seconds:g}")
         else:
             engine_run(model, frames, actions, steps=1)
             row.engine_s = min(timed(device, engine_run, model, frames, actions, horizon) for _ in range(repeats))
@@ -188,7 +210,7 @@ def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_secon
             model.imaginer.release()
         guess = estimate(reference_history, batch, repeats)
         if guess is not None and guess > max_seconds:
-            row.notes.append(f"reference skipped: est. {guess:.0f} s > --max-seconds {max_seconds:.0f}")
+            row.notes.append(f"reference skipped: est. {guess:.3g} s > --max-seconds {max_seconds:g}")
         else:
             row.reference_s = min(timed(device, reference_run, model, frames, actions, device)
                                   for _ in range(repeats))
@@ -196,6 +218,11 @@ def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_secon
             row.reference_tps = batch * horizon / row.reference_s
         if row.engine_s is not None and row.reference_s is not None:
             row.ratio = row.reference_s / row.engine_s
+            # both paths decode each frame with the same call on the same batch: what is left is the rest
+            decode_s = horizon * row.decode_ms_per_step / 1e3
+            row.ratio_without_decode = (row.reference_s - decode_s) / (row.engine_s - decode_s)
+        if device.type == "cpu":
+            row.notes.extend(official_notes(preset, batch, horizon))
         if device.type == "cuda":
             torch.cuda.empty_cache()
         rows.append(row)
@@ -203,21 +230,25 @@ def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_secon
 
 
 def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """``value`` formatted by ``spec`` (which starts with the width), or a right-aligned dash."""
+    width = int(spec.split(".")[0])
+    return "-".rjust(width) if value is None else format(value, spec)
 
 
 def print_table(rows: list[Row], machine: dict) -> None:
     print(f"device {machine['device']}, torch {machine['torch']}, threads {machine['threads']}, "
           f"load average at start {machine['load_average']}"
           + (f", copy bandwidth {machine['bandwidth_gb_s']:.0f} GB/s" if machine.get("bandwidth_gb_s") else ""))
-    header = (f"{'preset':8} {'batch':>5} {'H':>3} | {'engine tr/s':>11} {'reference tr/s':>14} {'ratio':>6} | "
+    header = (f"{'preset':8} {'batch':>5} {'H':>3} | {'engine tr/s':>11} {'reference tr/s':>14} {'ratio':>6} "
+              f"{'w/o decode':>10} | "
               f"{'reset s':>7} {'tokens ms/step':>14} {'decode ms/step':>14} | {'token us':>8} {'floor us':>8} "
               f"{'of floor':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r.preset:8} {r.batch:>5} {r.horizon:>3} | {fmt(r.engine_tps, '11.1f')} "
-              f"{fmt(r.reference_tps, '14.1f')} {fmt(r.ratio, '6.1f')} | {fmt(r.reset_s, '7.2f')} "
+              f"{fmt(r.reference_tps, '14.1f')} {fmt(r.ratio, '6.1f')} {fmt(r.ratio_without_decode, '10.1f')} | "
+              f"{fmt(r.reset_s, '7.2f')} "
               f"{fmt(r.sample_ms_per_step, '14.1f')} {fmt(r.decode_ms_per_step, '14.1f')} | "
               f"{fmt(r.token_step_us, '8.0f')} {fmt(r.floor_token_step_us, '8.0f')} {fmt(r.floor_fraction, '8.0%')}")
         for note in r.notes:

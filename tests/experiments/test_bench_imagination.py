@@ -1,0 +1,30 @@
+"""experiments/bench_imagination.py end to end on the tiny preset: JSON rows, ratio, the time-budget skip."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "experiments" / "bench_imagination.py"
+
+
+def test_bench_reports_both_paths_and_skips_over_budget():
+    # batch 1 always runs (nothing to extrapolate from); batch 3 is estimated from it and exceeds the budget
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--preset", "tiny", "--batches", "3,1", "--horizon", "2", "--repeats", "1",
+         "--threads", "1", "--max-seconds", "0.001", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(out.stdout)
+    assert report["machine"]["device"] == "cpu" and report["machine"]["threads"] == 1
+    first, second = report["rows"]
+    assert (first["batch"], second["batch"]) == (1, 3)
+    assert first["engine_tps"] > 0 and first["reference_tps"] > 0
+    assert abs(first["ratio"] - first["reference_s"] / first["engine_s"]) < 1e-9
+    assert abs(first["engine_tps"] * first["engine_s"] - first["batch"] * first["horizon"]) < 1e-9
+    assert first["sample_ms_per_step"] > 0 and first["decode_ms_per_step"] > 0
+    assert first["floor_token_step_us"] is None  # the bandwidth floor is a GPU figure
+    assert second["engine_s"] is None and second["reference_s"] is None and second["ratio"] is None
+    assert any("engine skipped" in note for note in second["notes"])
+    assert any("reference skipped" in note for note in second["notes"])

@@ -8,7 +8,9 @@ pieces in a fixed order every agent step:
 
 Every schedule is in env frames. A world model plugs in through `WorldModelHooks` (`on_frame` for its own
 frame-scheduled work, `agent_batch` to mix imagined data into the agent's batches); `world_model=none` uses
-`NoWorldModel`, which samples real replay only.
+`NoWorldModel`, which samples real replay only, `world_model=ivideogpt` is MBPO (`mbrl.mbpo.MBPO`).
+Wall-clock seconds per phase (env, agent updates, evaluation and the world model's phases) are logged as
+`time/<phase>` (cumulative over the run, resumes included).
 
 Resume: checkpoints are written at episode ends, so a resumed run starts a fresh episode exactly where the
 uninterrupted run would have, and, since every episode's reset seed is derived from the counters, continues
@@ -17,9 +19,12 @@ with the same counters, replay, RNG streams and next batch.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -42,10 +47,14 @@ from mbrl.utils import (
 )
 from mbrl.video import VIDEO_FORMATS, VideoRecorder
 
+if TYPE_CHECKING:  # the world-model stack is imported only by runs that use it (mbrl.mbpo)
+    from mbrl.mbpo import MBPOConfig
+
 CHECKPOINT_VERSION = 1
 # Independent seed streams, combined with the run seed and a counter (see mbrl.utils.derive_seed).
 _TRAIN_EPISODE, _EVAL_EPISODE, _DEMO_EPISODE, _REPLAY = range(4)
 _RESUME_MODES = ("auto", True, False)
+_WORLD_MODELS = ("none", "ivideogpt")
 # Settings that count frames or episodes (0 allowed: no training / no evaluation / no checkpoints / no demos).
 _COUNTS = ("num_train_frames", "eval_every_frames", "num_eval_episodes", "checkpoint_every_frames", "demos")
 
@@ -60,6 +69,7 @@ class TrainConfig:
     wandb: WandbConfig
     agent_name: str = "drqv2"
     world_model: str = "none"
+    mbpo: MBPOConfig | None = None  # the world_model settings when world_model=ivideogpt
     seed: int = 1
     device: str = "auto"
     num_threads: int | str = "auto"
@@ -104,8 +114,12 @@ class TrainConfig:
             raise ValueError(
                 f"agent={self.agent_name!r} is not trained by this loop; use agent=drqv2 (or agent=dreamerv3)"
             )
-        if self.world_model != "none":
-            raise ValueError(f"world_model={self.world_model!r} is not available yet; use world_model=none")
+        if self.world_model not in _WORLD_MODELS:
+            raise ValueError(f"world_model={self.world_model!r} is not one of {', '.join(_WORLD_MODELS)}")
+        if self.world_model == "ivideogpt" and self.mbpo is None:
+            from mbrl.mbpo import MBPOConfig
+
+            self.mbpo = MBPOConfig()
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> TrainConfig:
@@ -115,12 +129,17 @@ class TrainConfig:
         logging = dict(cfg.pop("logging"))
         wandb = logging.pop("wandb")
         cfg.pop("runs_dir", None)
+        world_model = dict(cfg.pop("world_model"))
+        name = world_model.pop("name")
+        if name == "ivideogpt":
+            from mbrl.mbpo import MBPOConfig
         try:
             return cls(
                 env=EnvConfig(task=cfg["task"], seed=cfg.get("seed", 1), **cfg.pop("env")),
                 agent_name=agent.pop("name"),
                 agent=DrQV2Config(**agent),
-                world_model=cfg.pop("world_model")["name"],
+                world_model=name,
+                mbpo=MBPOConfig.from_dict(world_model) if name == "ivideogpt" else None,
                 wandb=WandbConfig(**wandb),
                 **logging,
                 **cfg,
@@ -139,6 +158,9 @@ class WorldModelHooks(Protocol):
     def agent_batch(self, batch_size: int) -> TransitionBatch:
         """The batch for one agent update (real replay, imagined data, or a mix)."""
 
+    def status(self) -> dict[str, float]:
+        """Cumulative counters logged as they are in every train row (names carry their section)."""
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -156,11 +178,32 @@ class NoWorldModel:
     def agent_batch(self, batch_size: int) -> TransitionBatch:
         return self.replay.sample(batch_size)
 
+    def status(self) -> dict[str, float]:
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class PhaseTimer:
+    """Cumulative wall-clock seconds per phase of the loop; `with timer.phase("env"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def totals(self) -> dict[str, float]:
+        return {f"time/{name}": seconds for name, seconds in sorted(self.seconds.items())}
 
 
 class Trainer:
@@ -191,7 +234,18 @@ class Trainer:
             cfg.agent.discount,
             seed=derive_seed(cfg.seed, _REPLAY),
         )
+        self.phases = PhaseTimer()
         self.world_model: WorldModelHooks = NoWorldModel(self.replay)
+        if cfg.mbpo is not None:
+            from mbrl.mbpo import MBPO
+
+            self.world_model = MBPO(
+                cfg.mbpo, self.agent, self.replay, frame_stack=cfg.env.frame_stack,
+                action_repeat=self.action_repeat, episode_length=cfg.env.episode_length, nstep=cfg.agent.nstep,
+                discount=cfg.agent.discount, seed=cfg.seed, device=self.device, run_dir=self.run_dir,
+                timer=self.phases.phase, log_video=lambda *args: self.logger.log_video(*args),
+                video_format=cfg.video_format if cfg.save_video else None,
+            )
         self.video = VideoRecorder(self.run_dir / "videos", cfg.video_format, enabled=cfg.save_video)
 
         self.step = 0  # agent steps taken in the train env
@@ -256,17 +310,20 @@ class Trainer:
             if obs is None:
                 obs = self._start_episode()
             if eval_due(self.step):
-                self.evaluate()
+                with self.phases.phase("eval"):
+                    self.evaluate()
                 last_eval = self.step
             action = self.agent.act(obs, self.step, eval_mode=False)
             world_model_metrics = self.world_model.on_frame(self.frame)
             if world_model_metrics:
                 self._metrics.append(world_model_metrics)
             if self.step >= learning_starts:
-                for _ in range(updates_due(self.step)):
-                    batch = self.world_model.agent_batch(cfg.agent.batch_size)
-                    self._metrics.append(self.agent.update(batch, self.step))
-            obs, reward, terminated, truncated, info = self.train_env.step(action)
+                with self.phases.phase("agent_update"):
+                    for _ in range(updates_due(self.step)):
+                        batch = self.world_model.agent_batch(cfg.agent.batch_size)
+                        self._metrics.append(self.agent.update(batch, self.step))
+            with self.phases.phase("env"):
+                obs, reward, terminated, truncated, info = self.train_env.step(action)
             done = terminated or truncated
             self.replay.add(action, reward, info["frame"], success=info["success"], last=done)
             self.step += 1
@@ -282,7 +339,8 @@ class Trainer:
         if self._checkpointed_frame != self.frame or not self.checkpoint_path.is_file():
             self.save()
         if last_eval != self.step:  # a final evaluation; the checkpoint precedes it, as every evaluation
-            self.evaluate()
+            with self.phases.phase("eval"):
+                self.evaluate()
         self.agent.save_weights(self.run_dir / "agent.safetensors")
         self.close()
 
@@ -309,11 +367,15 @@ class Trainer:
             "train/fps": frames / max(self._episode_seconds, 1e-9),
             "train/buffer_size": len(self.replay),
             "total_time": self._elapsed_before + self.timer.total(),
+            **self.world_model.status(),
+            **self.phases.totals(),
         }
-        # Agent (and world-model) metrics: means over the updates of this episode.
+        # Agent (and world-model) metrics: means over the updates of this episode; names that carry their
+        # own section (`val/psnr`, `wm/transformer/ce`) keep it.
         keys = {k for m in self._metrics for k in m}
         for key in sorted(keys):
-            row[f"train/{key}"] = float(np.mean([m[key] for m in self._metrics if key in m]))
+            values = [m[key] for m in self._metrics if key in m]
+            row[key if "/" in key else f"train/{key}"] = float(np.mean(values))
         self.logger.log("train", row, self.frame)
 
     def _checkpoint_due(self) -> bool:
@@ -386,6 +448,7 @@ class Trainer:
                 "agent": self.agent.state_dict(),
                 "replay": self.replay.state_dict(),
                 "world_model": self.world_model.state_dict(),
+                "phase_seconds": dict(self.phases.seconds),
                 "rng": rng_state(),
             },
         )
@@ -402,6 +465,7 @@ class Trainer:
         self.agent.load_state_dict(state["agent"])
         self.replay.load_state_dict(state["replay"])
         self.world_model.load_state_dict(state["world_model"])
+        self.phases.seconds = dict(state.get("phase_seconds", {}))
         set_rng_state(state["rng"])
         self.step, self.episode = state["counters"]["step"], state["counters"]["episode"]
         self._checkpointed_frame = self.frame

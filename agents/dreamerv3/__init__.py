@@ -1,0 +1,64 @@
+"""DreamerV3 baseline: sheeprl's implementation on our pixel Meta-World env, logged like our agents.
+
+`python -m mbrl.train agent=dreamerv3 task=door_open` calls `run(cfg, run_dir)`. Needs the `baselines` extra
+(`pip install -e ".[baselines]"`, sheeprl). What is ours and what is sheeprl's:
+
+- ours: the env (action repeat, success bonus, rendering), the budgets (env frames), the evaluation
+  (greedy episodes every `eval_every_frames`), the logging (`mbrl.logger.Logger`: train.csv, eval.csv,
+  console, W&B) and the run folder;
+- sheeprl's: the DreamerV3 model, replay and training loop (`sheeprl.algos.dreamer_v3`), configured from
+  configs/agent/dreamerv3.yaml; its own files go to `<run>/sheeprl/` (resolved config, checkpoints,
+  memory-mapped replay).
+
+See agents/dreamerv3/session.py for how the two are joined and how `eval/*` is computed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from agents.dreamerv3.config import DreamerV3Config, RunSpec, sheeprl_config
+from mbrl.logger import Logger
+from mbrl.utils import configure_threads, pick_device
+
+__all__ = ["DreamerV3Config", "RunSpec", "run"]
+
+
+def run(cfg: DictConfig, run_dir: Path) -> None:
+    """Trains DreamerV3 as configured by the `mbrl.train` config `cfg`, writing into `run_dir`.
+
+    Raises:
+        ValueError: a setting DreamerV3 cannot honour (names it and the fix).
+        ImportError: sheeprl is not installed (`pip install -e ".[baselines]"`).
+    """
+    spec = RunSpec.from_train_config(cfg)
+    # Imported here: sheeprl (with Lightning) takes seconds to import, and only DreamerV3 runs need it.
+    from sheeprl.cli import check_configs, run_algorithm
+    from sheeprl.utils.utils import dotdict
+
+    from agents.dreamerv3.session import Session, new_session_id, registered
+
+    run_dir = Path(run_dir)
+    if any((run_dir / name).exists() for name in ("train.csv", "eval.csv")):
+        # A relaunch into an old folder would append a second run to its CSV files.
+        raise ValueError(f"{run_dir} already holds a run, and DreamerV3 runs cannot resume: use a new folder")
+    sheeprl_dir = run_dir / "sheeprl"
+    sheeprl_dir.mkdir(parents=True, exist_ok=True)
+    num_threads = configure_threads(spec.num_threads)
+    device = pick_device(spec.device)
+    session_id = new_session_id()
+    composed = sheeprl_config(spec, sheeprl_dir, session_id, device, num_threads)
+    sheeprl_cfg = dotdict(OmegaConf.to_container(composed, resolve=True, throw_on_missing=True))
+    check_configs(sheeprl_cfg)
+
+    record = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    logger = Logger(run_dir, spec.wandb, config=record, console=spec.console)
+    session = Session(spec, sheeprl_cfg, logger, run_dir, sheeprl_dir)
+    try:
+        with registered(session_id, session):
+            run_algorithm(sheeprl_cfg)
+    finally:
+        session.close()
+        logger.close()

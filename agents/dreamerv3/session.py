@@ -1,0 +1,291 @@
+"""The bridge between sheeprl's DreamerV3 loop and our logging and evaluation.
+
+sheeprl builds its pieces from config, so it reaches ours through three `_target_`s that look up the
+running `Session` by id (sheeprl runs in this process, its train envs too: `env.sync_env=True`):
+
+- `make_train_env`: our env wrapped as `DictFrameEnv`; every agent step and episode end goes to the session,
+  which counts env frames and logs `train/episode_return`, `train/success`, ... per episode.
+- `SessionCallback` (a Fabric callback): sheeprl calls `on_checkpoint_coupled` every `checkpoint.every`
+  agent steps and at the end; the session then checkpoints and/or evaluates, as each is due.
+- `SessionMetricsLogger` (sheeprl's `metric.logger`): sheeprl's averaged losses, attached to the next
+  train row as `train/world_model_loss`, `train/kl`, ...
+
+Evaluation: `num_eval_episodes` episodes of the greedy policy (the actor's mode) on a separate env, rebuilt
+from the state sheeprl hands to the callback, reset with the same seeds as `mbrl.trainer` uses at the same
+agent step; logged as `eval/episode_return` (mean), `eval/success_rate` (fraction of episodes with any
+success). Unlike `mbrl.trainer`, there is no evaluation at frame 0: sheeprl's loop has no hook before it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import Logger as FabricLogger
+
+from agents.dreamerv3.config import OBS_KEY, RunSpec
+from agents.dreamerv3.env import DictFrameEnv
+from mbrl.envs import make_env
+from mbrl.logger import Logger
+from mbrl.utils import Timer, derive_seed
+from mbrl.video import VideoRecorder
+
+#: The seed stream of evaluation episodes; mbrl.trainer uses the same one (its `_EVAL_EPISODE`), so DrQ-v2
+#: and DreamerV3 are evaluated from the same start states at the same agent step.
+EVAL_SEED_STREAM = 1
+
+_SESSIONS: dict[str, Session] = {}
+
+
+class Session:
+    """Counters, logging and evaluation of one DreamerV3 run (see the module docstring).
+
+    Args:
+        spec: the run's settings.
+        sheeprl_cfg: the resolved sheeprl config the run is launched with (rebuilds the policy to evaluate).
+        logger: our run logger (CSV files, console, W&B).
+        run_dir: the run folder (videos go to `run_dir/videos`).
+        sheeprl_dir: sheeprl's own folder (its config, checkpoints, memory-mapped replay).
+    """
+
+    def __init__(
+        self, spec: RunSpec, sheeprl_cfg: Mapping[str, Any], logger: Logger, run_dir: Path, sheeprl_dir: Path
+    ) -> None:
+        from sheeprl.utils.callback import CheckpointCallback
+
+        self.spec = spec
+        self.sheeprl_cfg = sheeprl_cfg
+        self.logger = logger
+        self.sheeprl_dir = sheeprl_dir
+        self.step = 0  # agent steps played by all train envs
+        self.episode = 0  # finished train episodes
+        self.timer = Timer()
+        self._row_frame = 0  # frame of the last train row
+        self._row_seconds = 0.0  # wall clock since the last train row, evaluations excluded
+        self._pending: dict[str, float] = {}  # sheeprl metrics waiting for the next train row
+        self._evaluated_frame = 0
+        self._checkpointed_frame = 0
+        self._eval_env: DictFrameEnv | None = None
+        self._video = VideoRecorder(run_dir / "videos", spec.video_format, enabled=spec.save_video)
+        self._checkpointer = CheckpointCallback(keep_last=spec.agent.keep_checkpoints)
+
+    @property
+    def frame(self) -> int:
+        """Env frames so far (agent steps x action repeat)."""
+        return self.step * self.spec.env.action_repeat
+
+    # ------------------------------------------------------------------------------ train envs
+    def on_env_step(self) -> None:
+        self.step += 1
+
+    def on_episode_end(self, episode_return: float, success: bool, agent_steps: int) -> None:
+        self.episode += 1
+        self._row_seconds += self.timer.lap()
+        row = {
+            "step": self.step,
+            "episode": self.episode,
+            "train/episode_return": float(episode_return),
+            "train/success": float(success),
+            "train/episode_length": agent_steps * self.spec.env.action_repeat,
+            "train/fps": (self.frame - self._row_frame) / max(self._row_seconds, 1e-9),
+            **self._pending,
+            "total_time": self.timer.total(),
+        }
+        self._pending = {}
+        self._row_frame, self._row_seconds = self.frame, 0.0
+        self.logger.log("train", row, self.frame)
+
+    def add_sheeprl_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """sheeprl's averaged metrics, renamed to ours; the last ones of a run (after its last episode) are
+        not logged."""
+        for key, value in metrics.items():
+            name = _our_metric_name(key)
+            if name is not None:
+                self._pending[name] = float(value)
+
+    # ------------------------------------------------------------------- checkpoints, evaluation
+    def on_checkpoint(
+        self, fabric: Fabric, ckpt_path: str, state: dict[str, Any], replay_buffer: Any
+    ) -> None:
+        """sheeprl's checkpoint hook: checkpoint and/or evaluate, whichever is due at this frame."""
+        num_envs = self.spec.agent.num_envs
+        if state["iter_num"] * num_envs != self.step:
+            raise RuntimeError(
+                f"sheeprl is at agent step {state['iter_num'] * num_envs} but the envs counted "
+                f"{self.step}: the frame axis would be wrong"
+            )
+        final = self.step >= self.spec.final_step
+        if final or _crossed(self._checkpointed_frame, self.frame, self.spec.checkpoint_every_frames):
+            self._checkpointed_frame = self.frame
+            if self.spec.agent.save_checkpoints:
+                self._checkpointer.on_checkpoint_coupled(fabric, ckpt_path, state, replay_buffer)
+        if final or _crossed(self._evaluated_frame, self.frame, self.spec.eval_every_frames):
+            self._evaluated_frame = self.frame
+            if self.spec.num_eval_episodes > 0:
+                self.evaluate(fabric, state)
+
+    def evaluate(self, fabric: Fabric, state: dict[str, Any]) -> None:
+        """Greedy episodes with the policy in `state` (sheeprl's checkpoint state); logs `eval/*`."""
+        self._row_seconds += self.timer.lap()
+        if self._eval_env is None:
+            self._eval_env = DictFrameEnv(make_env(self.spec.env))
+        env = self._eval_env
+        devices = [fabric.device] if fabric.device.type == "cuda" else []
+        # Building the policy draws initial weights: keep the training's random streams untouched.
+        with torch.random.fork_rng(devices=devices):
+            player = _build_player(fabric, self.sheeprl_cfg, env, state)
+            returns, successes, steps, video = [], [], 0, None
+            for i in range(self.spec.num_eval_episodes):
+                obs, info = env.reset(seed=derive_seed(self.spec.seed, EVAL_SEED_STREAM, self.step, i))
+                if i == 0:  # the video shows the first episode
+                    self._video.start(info["frame"])
+                player.init_states()
+                done, episode_return, success = False, 0.0, False
+                while not done:
+                    obs, reward, terminated, truncated, info = env.step(_greedy_action(fabric, player, obs))
+                    self._video.add(info["frame"])
+                    done = terminated or truncated
+                    episode_return += reward
+                    success |= bool(info["success"])
+                    steps += 1
+                returns.append(episode_return)
+                successes.append(success)
+                if i == 0:
+                    video = self._video.save(f"eval_{self.frame}")
+        self.logger.log(
+            "eval",
+            {
+                "step": self.step,
+                "episode": self.episode,
+                "eval/episode_return": float(np.mean(returns)),
+                "eval/success_rate": float(np.mean(successes)),
+                "eval/episode_length": steps * self.spec.env.action_repeat / len(returns),
+                "total_time": self.timer.total(),
+            },
+            self.frame,
+        )
+        if video is not None:
+            self.logger.log_video("eval/video", video, self.frame, self._video.fps)
+        self.timer.lap()  # the evaluation's time does not count toward the train fps
+
+    def close(self) -> None:
+        if self._eval_env is not None:
+            self._eval_env.close()
+            self._eval_env = None
+
+
+def _crossed(last_frame: int, frame: int, every: int) -> bool:
+    """True when a multiple of `every` frames lies in (last_frame, frame]; `every` 0 means never."""
+    return every > 0 and frame // every > last_frame // every
+
+
+def _our_metric_name(key: str) -> str | None:
+    """sheeprl's metric name -> ours; None for the ones our train rows already have (returns, lengths,
+    env timings)."""
+    group, _, name = key.partition("/")
+    if group in ("Loss", "State", "Params"):
+        return f"train/{name}"
+    if group == "Grads":
+        return f"train/grad_norm_{name}"
+    if key == "Time/sps_train":
+        return "train/updates_per_second"
+    return None
+
+
+def _build_player(fabric: Fabric, cfg: Mapping[str, Any], env: DictFrameEnv, state: dict[str, Any]) -> Any:
+    """sheeprl's DreamerV3 player (encoder, RSSM, actor) with the weights of `state`, for one env."""
+    from sheeprl.algos.dreamer_v3.agent import build_agent
+
+    *_, player = build_agent(
+        fabric, env.action_space.shape, True, cfg, env.observation_space, state["world_model"], state["actor"]
+    )
+    player.num_envs = 1
+    return player
+
+
+def _greedy_action(fabric: Fabric, player: Any, obs: dict[str, np.ndarray]) -> np.ndarray:
+    """The actor's mode for `obs`. Our env's actions are in [-1, 1], so sheeprl's action normalisation
+    (`algo.normalize_actions`) is the identity and the actor's output is the env action."""
+    from sheeprl.algos.dreamer_v3.utils import prepare_obs
+
+    with torch.inference_mode():
+        actions = player.get_actions(prepare_obs(fabric, obs, cnn_keys=[OBS_KEY]), greedy=True)
+        return torch.cat(actions, -1).reshape(-1).float().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------ registry
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def registered(session_id: str, session: Session) -> Iterator[None]:
+    """Makes `session` reachable by sheeprl's `_target_`s under `session_id` while the block runs."""
+    if session_id in _SESSIONS:
+        raise RuntimeError(f"DreamerV3 session {session_id!r} is already running")
+    _SESSIONS[session_id] = session
+    try:
+        yield
+    finally:
+        del _SESSIONS[session_id]
+
+
+def get_session(session_id: str) -> Session:
+    try:
+        return _SESSIONS[session_id]
+    except KeyError:
+        raise RuntimeError(
+            f"no DreamerV3 session {session_id!r} in this process: launch through "
+            "agents.dreamerv3.run, which keeps sheeprl's envs in-process (env.sync_env=True)"
+        ) from None
+
+
+def make_train_env(env: dict[str, Any], seed: int, session: str) -> DictFrameEnv:
+    """sheeprl's env factory (`env.wrapper._target_`): `env` holds `EnvConfig` fields, sheeprl passes the seed."""
+    from mbrl.envs import EnvConfig
+
+    return DictFrameEnv(make_env(EnvConfig(**env, seed=seed)), get_session(session))
+
+
+class SessionCallback:
+    """sheeprl's Fabric callback: its checkpoint hook hands over to `Session.on_checkpoint`."""
+
+    def __init__(self, session: str) -> None:
+        self.session = get_session(session)
+
+    def on_checkpoint_coupled(
+        self, fabric: Fabric, ckpt_path: str, state: dict[str, Any], replay_buffer: Any = None
+    ) -> None:
+        self.session.on_checkpoint(fabric, ckpt_path, state, replay_buffer)
+
+
+class SessionMetricsLogger(FabricLogger):
+    """sheeprl's `metric.logger`: its metrics go to the session; its folder is `<run>/sheeprl`."""
+
+    def __init__(self, session: str) -> None:
+        super().__init__()
+        self.session = get_session(session)
+
+    @property
+    def name(self) -> str:
+        return "dreamerv3"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @property
+    def log_dir(self) -> str:
+        return str(self.session.sheeprl_dir)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.session.add_sheeprl_metrics(metrics)
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Nothing: sheeprl writes its resolved config to `<run>/sheeprl/config.yaml` itself."""

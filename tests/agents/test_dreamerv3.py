@@ -1,0 +1,237 @@
+"""DreamerV3 through sheeprl: env adapter, config translation, and short real runs that log our metrics."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from agents.dreamerv3 import run
+from agents.dreamerv3.config import RunSpec, schedule_steps, sheeprl_config
+from agents.dreamerv3.env import DictFrameEnv
+from agents.dreamerv3.session import EVAL_SEED_STREAM, _our_metric_name
+from mbrl.envs import EnvConfig, make_env
+
+REPO = Path(__file__).resolve().parents[2]
+# A tiny model on short episodes: each run is a few seconds on 2 cores. 20-step episodes at repeat 2 = 40
+# frames each; 200 agent steps; training starts after 40 random steps (5 gradient steps per 20 agent steps).
+TINY = [
+    "agent=dreamerv3",
+    "profile=paper",
+    "task=reach",
+    "seed=3",
+    "num_threads=1",
+    "env.image_size=32",
+    "env.episode_length=20",
+    "num_train_frames=400",
+    "eval_every_frames=200",
+    "checkpoint_every_frames=400",
+    "num_eval_episodes=2",
+    "agent.size=tiny",
+    "agent.batch_sequences=2",
+    "agent.sequence_length=8",
+    "agent.learning_starts=40",
+    "agent.replay_ratio=0.25",
+    "agent.memmap_buffer=false",
+    "logging.wandb.mode=disabled",
+    "logging.console=false",
+    "save_video=false",
+]
+# Columns that hold wall-clock measurements (differ between identical runs).
+TIMINGS = {"total_time", "train/fps", "train/updates_per_second"}
+
+
+def train_config(*overrides: str):
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        return compose("train", overrides=[*TINY, *overrides])
+
+
+def wandb_record(run_dir: Path, expected: bytes, wait_s: float = 60.0) -> bytes:
+    """The offline W&B record of a run, once it holds `expected`: W&B's service process writes it out
+    shortly after `finish()` returns in this process."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        data = b"".join(p.read_bytes() for p in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        if expected in data or time.monotonic() > deadline:
+            return data
+        time.sleep(0.5)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.steps = 0
+        self.episodes: list[tuple[float, bool, int]] = []
+
+    def on_env_step(self) -> None:
+        self.steps += 1
+
+    def on_episode_end(self, episode_return: float, success: bool, agent_steps: int) -> None:
+        self.episodes.append((episode_return, success, agent_steps))
+
+
+def test_dict_env_gives_the_newest_frame_and_reports_episodes():
+    sink = RecordingSink()
+    env = DictFrameEnv(
+        make_env(EnvConfig(task="reach", image_size=32, episode_length=4, frame_stack=3)), sink
+    )
+    try:
+        obs, info = env.reset(seed=0)
+        assert obs["rgb"].shape == (3, 32, 32) and obs["rgb"].dtype == np.uint8
+        assert env.observation_space.contains(obs)
+        np.testing.assert_array_equal(obs["rgb"], info["frame"])
+        rewards, successes = [], []
+        for t in range(4):
+            obs, reward, terminated, truncated, info = env.step(np.full(4, 0.5 - 0.3 * t, dtype=np.float32))
+            rewards.append(reward)
+            successes.append(info["success"])
+            np.testing.assert_array_equal(obs["rgb"], env.env.render().transpose(2, 0, 1))  # the newest frame
+        assert truncated and not terminated
+        assert sink.steps == 4
+        assert sink.episodes == [(pytest.approx(sum(rewards)), any(successes), 4)]
+        obs, _ = env.reset(seed=1)  # a new episode starts from a zero return
+        env.step(np.zeros(4, dtype=np.float32))
+        assert sink.steps == 5 and len(sink.episodes) == 1
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("world_model.name=ivideogpt", "world_model=none"),
+        ("demos=2", "demos"),
+        ("env.image_size=48", "power of two"),
+        ("+agent.batch_size=64", "agent.batch_size is not a DreamerV3 setting"),
+        ("agent.size=XXL", "agent.size"),
+        ("resume=true", "resume=true"),
+        ("replay_capacity=5", "replay_capacity"),
+    ],
+)
+def test_settings_dreamerv3_cannot_honour_are_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        RunSpec.from_train_config(train_config(override))
+
+
+def test_sheeprl_config_counts_agent_steps_and_repeats_actions_in_our_env(tmp_path):
+    import torch
+
+    spec = RunSpec.from_train_config(
+        train_config("checkpoint_every_frames=300", "replay_capacity=150", "+agent.sheeprl.algo.horizon=7")
+    )
+    cfg = OmegaConf.to_container(
+        sheeprl_config(spec, tmp_path / "sheeprl", "abc", torch.device("cpu"), 1), resolve=True
+    )
+    assert cfg["env"]["action_repeat"] == 1 and cfg["env"]["sync_env"] is True
+    assert cfg["env"]["screen_size"] == 32
+    assert cfg["env"]["wrapper"]["env"]["action_repeat"] == 2  # ours
+    assert cfg["algo"]["total_steps"] == 400 // 2
+    # Evaluation every 100 agent steps, checkpoints every 150: the hook runs at their gcd.
+    assert cfg["checkpoint"]["every"] == schedule_steps(spec) == 50
+    assert cfg["buffer"]["size"] == 150
+    assert cfg["algo"]["cnn_keys"]["encoder"] == ["rgb"] and cfg["algo"]["mlp_keys"]["encoder"] == []
+    assert cfg["algo"]["dense_units"] == 32  # size=tiny
+    assert cfg["algo"]["world_model"]["encoder"]["dense_units"] == 32  # interpolations follow it
+    assert cfg["algo"]["horizon"] == 7  # agent.sheeprl merged last
+    assert cfg["fabric"]["accelerator"] == "cpu" and cfg["fabric"]["precision"] == "32-true"
+
+    auto = RunSpec.from_train_config(train_config("agent.size=auto"))
+    cfg = OmegaConf.to_container(sheeprl_config(auto, tmp_path, "abc", torch.device("cpu"), 1), resolve=True)
+    assert cfg["algo"]["dense_units"] == 256  # sheeprl's XS on a CPU
+    cfg = OmegaConf.to_container(sheeprl_config(auto, tmp_path, "abc", torch.device("cuda"), 1), resolve=True)
+    assert cfg["algo"]["dense_units"] == 512 and cfg["fabric"]["precision"] == "bf16-mixed"  # S on a GPU
+
+
+def test_sheeprl_metric_names_map_to_ours():
+    assert _our_metric_name("Loss/world_model_loss") == "train/world_model_loss"
+    assert _our_metric_name("State/kl") == "train/kl"
+    assert _our_metric_name("Grads/actor") == "train/grad_norm_actor"
+    assert _our_metric_name("Rewards/rew_avg") is None  # our train rows carry the returns
+    assert _our_metric_name("Time/sps_env_interaction") is None
+
+
+def test_eval_start_states_match_the_drqv2_trainer():
+    from mbrl import trainer
+
+    assert EVAL_SEED_STREAM == trainer._EVAL_EPISODE
+
+
+@pytest.mark.slow
+def test_run_logs_our_metrics_against_env_frames(tmp_path):
+    run(train_config("logging.wandb.mode=offline", "save_video=true"), tmp_path)
+
+    evals = read_csv(tmp_path / "eval.csv")
+    assert [int(r["frame"]) for r in evals] == [200, 400]
+    assert [int(r["step"]) for r in evals] == [100, 200]
+    assert all(float(r["eval/success_rate"]) in (0.0, 0.5, 1.0) for r in evals)  # 2 episodes each
+    assert all(float(r["eval/episode_length"]) == 40 for r in evals)
+    train = read_csv(tmp_path / "train.csv")
+    assert [int(r["frame"]) for r in train] == list(range(40, 401, 40))  # one row per 20-step episode
+    assert all(int(r["train/episode_length"]) == 40 and r["train/success"] in ("0.0", "1.0") for r in train)
+    trained = [r for r in train if r.get("train/world_model_loss")]
+    assert trained and np.isfinite(float(trained[-1]["train/world_model_loss"]))
+
+    data = wandb_record(tmp_path, b"eval/success_rate")
+    for name in (b"eval/success_rate", b"eval/episode_return", b"train/episode_return", b"frame"):
+        assert name in data
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["eval_200.gif", "eval_400.gif"]
+    sheeprl_cfg = yaml.safe_load((tmp_path / "sheeprl" / "config.yaml").read_text())
+    assert sheeprl_cfg["algo"]["name"] == "dreamer_v3" and sheeprl_cfg["env"]["action_repeat"] == 1
+    assert list((tmp_path / "sheeprl" / "checkpoint").glob("ckpt_200_*.ckpt"))  # agent step 200 = frame 400
+    with pytest.raises(ValueError, match="cannot resume"):  # a relaunch would mix two runs in the CSVs
+        run(train_config(), tmp_path)
+
+
+@pytest.mark.slow
+def test_evaluation_leaves_training_unchanged_and_runs_repeat(tmp_path):
+    def rows(folder: Path, evals: int) -> list[dict[str, str]]:
+        run(train_config(f"num_eval_episodes={evals}", "agent.save_checkpoints=false"), folder)
+        return [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_csv(folder / "train.csv")]
+
+    with_eval, without_eval = rows(tmp_path / "a", 2), rows(tmp_path / "b", 0)
+    assert with_eval == without_eval
+    assert not (tmp_path / "b" / "eval.csv").exists()
+    assert not (tmp_path / "b" / "sheeprl" / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_cli_trains_dreamerv3(tmp_path):
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    overrides = [o for o in TINY if not o.startswith("logging.wandb.mode")]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mbrl.train",
+            *overrides,
+            "task=door_open",
+            "logging.wandb.mode=offline",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = read_csv(tmp_path / "eval.csv")
+    assert [int(r["frame"]) for r in evals] == [200, 400]
+    assert {"eval/success_rate", "eval/episode_return"} <= set(evals[0])
+    assert "train/episode_return" in read_csv(tmp_path / "train.csv")[0]
+    assert b"eval/success_rate" in wandb_record(tmp_path, b"eval/success_rate")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["agent"]["name"] == "dreamerv3"

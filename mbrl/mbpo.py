@@ -410,7 +410,11 @@ class MBPO:
         self.videos = Path(run_dir) / "videos"
         self.timer, self.log_video, self.video_format = timer, log_video, video_format
         frame_shape = replay.frame_shape
-        self.model, description = build_world_model(cfg, replay.action_dim, self.device)
+        # Built from its own seed stream: the run's global stream (the agent's exploration, its updates) then
+        # starts exactly as with world_model=none, so both compare on the same early data.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(_seed(seed, 5))
+            self.model, description = build_world_model(cfg, replay.action_dim, self.device)
         resolution = self.model.tokenizer.config.resolution
         if frame_shape[1:] != (resolution, resolution):
             raise ValueError(f"env frames are {frame_shape[1]}x{frame_shape[2]} but the world model's tokenizer "

@@ -92,10 +92,14 @@ def filled_replay(episodes: int = 3, seed: int = 0) -> ReplayBuffer:
     return replay
 
 
-def tiny_mbpo(replay: ReplayBuffer, tmp_path, **overrides) -> MBPO:
+def tiny_agent() -> DrQV2Agent:
     torch.manual_seed(0)
-    agent = DrQV2Agent((9, 64, 64), 4, DrQV2Config(hidden_dim=16, feature_dim=8, num_filters=4,
-                                                   num_conv_layers=1, num_expl_steps=0), "cpu")
+    return DrQV2Agent((9, 64, 64), 4, DrQV2Config(hidden_dim=16, feature_dim=8, num_filters=4, num_conv_layers=1,
+                                                  num_expl_steps=0), "cpu")
+
+
+def tiny_mbpo(replay: ReplayBuffer, tmp_path, agent: DrQV2Agent | None = None, **overrides) -> MBPO:
+    agent = agent or tiny_agent()
     cfg = MBPOConfig.from_dict({
         "preset": "tiny", "segment_batch_size": 2, "segment_length": 4, "imagined_capacity": 30,
         "schedule": {"seed_frames": 0, "init_train_steps": 1, "transformer_every_frames": 0,
@@ -175,6 +179,15 @@ def test_newest_segments_come_from_the_newest_frames_only():
     for segment in batch.frames:
         assert any(torch.equal(segment[0], f) for f in last_episode)
     assert newest_segments(replay, 4, 20, window, np.random.default_rng(0)) is None  # longer than an episode
+
+
+def test_building_the_world_model_leaves_the_global_random_stream_alone(tmp_path):
+    agent = tiny_agent()
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    tiny_mbpo(filled_replay(), tmp_path, agent)
+    assert torch.equal(torch.rand(4), expected)  # the agent explores as with world_model=none
 
 
 def test_image_size_must_match_the_tokenizer(tmp_path):

@@ -190,6 +190,18 @@ def test_building_the_world_model_leaves_the_global_random_stream_alone(tmp_path
     assert torch.equal(torch.rand(4), expected)  # the agent explores as with world_model=none
 
 
+def test_a_published_checkpoint_is_fine_tuned_with_new_heads_and_frozen_codebooks(tmp_path, tiny_checkpoint):
+    mbpo = tiny_mbpo(filled_replay(), tmp_path, pretrained=str(tiny_checkpoint), preset="paper64")
+    model = mbpo.model
+    assert model.action_dim == 4 and model.has_reward_head
+    assert torch.count_nonzero(model.transformer.action_linear.weight) == 0  # fresh, zero-initialised
+    codebook = model.tokenizer.quantize.embedding.weight
+    assert not codebook.requires_grad
+    before = codebook.clone()
+    mbpo.on_frame(0)  # initial training updates everything else
+    assert torch.equal(codebook, before) and torch.count_nonzero(model.transformer.action_linear.weight) > 0
+
+
 def test_image_size_must_match_the_tokenizer(tmp_path):
     replay = ReplayBuffer(100, (3, 32, 32), 4, frame_stack=3, nstep=3, discount=0.99)
     with pytest.raises(ValueError, match="env.image_size=64"):

@@ -25,18 +25,21 @@ class VideoRecorder:
         self._recording = False
 
     def start(self, frame: np.ndarray, record: bool = True) -> None:
-        """Begins an episode with its first frame; `record=False` skips this episode."""
-        self._frames = []
+        """Begins an episode with its first frame; `record=False` skips this episode and keeps the frames of
+        an earlier recorded episode that was not saved yet (evaluation records its first episode only)."""
         self._recording = self.enabled and record
-        self.add(frame)
+        if self._recording:
+            self._frames = []
+            self.add(frame)
 
     def add(self, frame: np.ndarray) -> None:
+        """Appends a frame while an episode started with `record=True` runs and was not saved yet."""
         if self._recording:
             self._frames.append(np.asarray(frame).transpose(1, 2, 0))
 
     def save(self, name: str) -> Path | None:
         """Writes the recorded episode and returns its path (None when nothing was recorded)."""
-        if not self._recording or not self._frames:
+        if not self._frames:
             return None
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{name}.{self.fmt}"
@@ -46,5 +49,5 @@ class VideoRecorder:
         else:
             # macro_block_size=1: keep odd sizes such as 84x84 instead of resizing to a multiple of 16.
             imageio.mimsave(path, self._frames, fps=self.fps, macro_block_size=1)
-        self._recording = False
+        self._frames, self._recording = [], False
         return path

@@ -1,34 +1,31 @@
-"""Episode videos: GIF and MP4 files readable back with the recorded frame count."""
-
-from __future__ import annotations
-
 import imageio.v2 as imageio
 import numpy as np
-import pytest
 
 from mbrl.video import VideoRecorder
 
 
-@pytest.mark.parametrize("fmt", ["gif", "mp4"])
-def test_recorder_writes_readable_video(tmp_path, fmt):
-    rec = VideoRecorder(tmp_path, fmt=fmt, fps=10)
-    frames = [np.full((3, 24, 24), 20 * i, dtype=np.uint8) for i in range(6)]
-    rec.start(frames[0])
-    for frame in frames[1:]:
-        rec.add(frame)
-    path = rec.save("episode")
-    assert path == tmp_path / f"episode.{fmt}"
-    video = imageio.mimread(path)
-    assert len(video) == len(frames) and video[0].shape[:2] == (24, 24)
+def _frame(value: int) -> np.ndarray:
+    return np.full((3, 8, 8), value, dtype=np.uint8)
 
 
-def test_disabled_or_skipped_episodes_write_nothing(tmp_path):
-    frame = np.zeros((3, 8, 8), np.uint8)
-    off = VideoRecorder(tmp_path, enabled=False)
-    off.start(frame)
-    assert off.save("a") is None
-    rec = VideoRecorder(tmp_path)
-    rec.start(frame, record=False)
-    rec.add(frame)
-    assert rec.save("b") is None
-    assert not list(tmp_path.iterdir())
+def test_unrecorded_episode_keeps_the_recorded_one(tmp_path):
+    """Evaluation records its first episode only: later `record=False` episodes must not wipe it."""
+    video = VideoRecorder(tmp_path, "gif")
+    video.start(_frame(0), record=True)
+    for value in (40, 80):
+        video.add(_frame(value))
+    video.start(_frame(200), record=False)
+    video.add(_frame(250))
+    path = video.save("eval")
+    assert path is not None
+    frames = imageio.mimread(path)
+    assert [int(f.mean()) for f in frames] == [0, 40, 80]
+    assert video.save("again") is None  # saved once, then empty
+
+
+def test_disabled_recorder_writes_nothing(tmp_path):
+    video = VideoRecorder(tmp_path, "gif", enabled=False)
+    video.start(_frame(0))
+    video.add(_frame(1))
+    assert video.save("eval") is None
+    assert not any(tmp_path.iterdir())

@@ -176,15 +176,13 @@ class Attention(nn.Module):
         return self._attend(q, k, v, None, causal=True)
 
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
-               mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """One token ``x`` (B, 1, H) at position ``pos`` (1,) attending to the cache under ``mask``."""
+               mask: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        """One token ``x`` (B, 1, H) at position ``pos`` (1,) attending to cache layer ``layer`` under ``mask``."""
         q, k, v = self._project(x, cos, sin)
-        # under autocast k/v may come out in a lower precision than the cache holds; an indexed store (not
-        # index_copy_) is what torch.compile turns into an in-place write instead of a copy of the whole cache
-        cache[0][:, :, pos] = k.to(cache[0].dtype)
-        cache[1][:, :, pos] = v.to(cache[1].dtype)
+        cache.write(layer, pos, k, v)
+        keys, values = cache.layer(layer)
         # grouped heads are broadcast by the kernel: repeating them would copy the whole cache every token
-        out = F.scaled_dot_product_attention(q.to(cache[0].dtype), cache[0], cache[1], attn_mask=mask,
+        out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=mask,
                                              enable_gqa=self.num_heads != self.num_kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], 1, -1))
 
@@ -214,8 +212,8 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
-               mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, pos, mask, cache)
+               mask: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        x = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, pos, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -256,6 +254,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.positions = torch.arange(max_len, device=device)
+        self._layer_ids = torch.arange(cfg.num_hidden_layers, device=device)
 
     @property
     def batch_size(self) -> int:
@@ -267,6 +266,17 @@ class KVCache:
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[index], self.v[index]
+
+    def write(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one token's keys/values ``(B, kv_heads, 1, head_dim)`` at position ``pos`` (1,) of ``layer``.
+
+        Written into the stacked tensors by an index on the layer axis, not through a per-layer view: under
+        ``torch.compile`` a write through a view of a graph input becomes a copy of the whole cache per token.
+        Under autocast k/v may come out in a lower precision than the cache holds.
+        """
+        index = [self._layer_ids[layer:layer + 1], None, None, pos.reshape(1)]
+        torch.ops.aten.index_put_(self.k, index, k.permute(2, 0, 1, 3).to(self.k.dtype))
+        torch.ops.aten.index_put_(self.v, index, v.permute(2, 0, 1, 3).to(self.v.dtype))
 
 
 # ------------------------------------------------------------------------------- full model
@@ -446,7 +456,7 @@ class WorldModelTransformer(nn.Module):
         cos, sin = rotary.cos.index_select(0, pos), rotary.sin.index_select(0, pos)
         mask = (cache.positions <= pos).view(1, 1, 1, -1)
         for index, layer in enumerate(self.llm.model.layers):
-            x = layer.decode(x, cos, sin, pos, mask, cache.layer(index))
+            x = layer.decode(x, cos, sin, pos, mask, cache, index)
         return self.llm.model.norm(x)[:, 0]
 
 

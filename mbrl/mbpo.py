@@ -20,6 +20,7 @@ would have; the world model's weights, both optimizers, the imagined replay and 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -519,6 +520,7 @@ class MBPO:
                                                                                                    transformer))]
         if init_steps:
             tqdm.write(f"world model: initial training, {init_steps} updates of tokenizer and transformer")
+        start = time.perf_counter()
         sums: dict[str, float] = {}
         for update_tokenizer, update_transformer in tqdm(steps, desc="world model", leave=False,
                                                          disable=None if init_steps else True):
@@ -533,7 +535,12 @@ class MBPO:
         self.counters["init_updates"] += init_steps
         # means over this call's updates; the trainer then averages calls over the episode
         counts = {"tokenizer": init_steps + tokenizer, "transformer": init_steps + transformer}
-        return {f"wm/{key}": value / counts[key.split("/")[0]] for key, value in sums.items()}
+        metrics = {f"wm/{key}": value / counts[key.split("/")[0]] for key, value in sums.items()}
+        if init_steps:  # one line for logs where the progress bar is off (pipes, cluster jobs)
+            tqdm.write(f"world model: initial training done in {time.perf_counter() - start:.0f} s; mean "
+                       f"transformer ce {metrics['wm/transformer/ce']:.3f}, tokenizer recon L1 "
+                       f"{metrics['wm/tokenizer/recon_l1']:.4f}")
+        return metrics
 
     def _imagine(self, batches: int, step: int) -> dict[str, float]:
         """`batches` rounds of rollouts from real starts under the current policy, into the imagined replay."""

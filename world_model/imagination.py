@@ -130,15 +130,15 @@ class ImaginationConfig:
             autocast; ``"auto"``: bfloat16 on CUDA (where supported), float32 elsewhere.
         graph_batch_sizes: padded batch sizes graphs are captured for; a batch runs in the smallest one that
             holds it (a larger batch gets a graph of its own size).
-        compile_backend: ``torch.compile`` backend (``"eager"`` traces without code generation: a check that
-            the step has no graph breaks or host syncs).
+        compile_backend: ``torch.compile`` backend, a name or a callable (``"eager"`` traces without code
+            generation: a check that the step has no graph breaks or host syncs).
     """
 
     compile: Flag = "auto"
     cuda_graphs: Flag = "auto"
     precision: Precision = "auto"
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    compile_backend: str = "inductor"
+    compile_backend: str | Callable = "inductor"
 
     def __post_init__(self) -> None:
         for name in ("compile", "cuda_graphs"):
@@ -376,7 +376,7 @@ class Imaginer:
         state = self._new_rollout(model, rows, cache_len, temperature, top_k)
         try:
             self._warm_up(state)
-        except Exception as err:
+        except Exception as err:  # compiler errors come in many types; without compile, re-raise
             if not self._settings()[0]:
                 raise
             warnings.warn(f"torch.compile of the imagination token step failed ({type(err).__name__}: {err}); "
@@ -492,11 +492,20 @@ class Imaginer:
         """The pixel half of :meth:`step`: (B, n) codes -> frames (B, 3, H, W) in [0, 1], float32."""
         active = self._require_active()
         use_compile, _, dtype = self._settings()
-        decode = self.tokenizer.decode_future
-        if use_compile:
-            decode = self._compiled.setdefault("decode", torch.compile(decode, backend=self.config.compile_backend))
+        eager = self.tokenizer.decode_future
+        if use_compile and "decode" not in self._compiled:
+            self._compiled["decode"] = torch.compile(eager, backend=self.config.compile_backend)
+        decode = self._compiled["decode"] if use_compile else eager
         with eval_mode(self.tokenizer), self._autocast(dtype):
-            frames = decode(codes.unsqueeze(1), active.context)
+            try:
+                frames = decode(codes.unsqueeze(1), active.context)
+            except Exception as err:  # compiler errors come in many types; bad input fails again eagerly below
+                if decode is eager:
+                    raise
+                warnings.warn(f"torch.compile of the frame decoder failed ({type(err).__name__}: {err}); "
+                              "decoding eagerly", RuntimeWarning, stacklevel=2)
+                self._compiled["decode"] = eager
+                frames = eager(codes.unsqueeze(1), active.context)
         return frames[:, 0].float().clamp(0.0, 1.0)
 
     def step(self, actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -168,6 +168,22 @@ def test_compiled_token_step_has_no_graph_breaks(models, contexts):
     assert torch.equal(codes, plain) and torch.equal(raw, plain_raw) and torch.equal(frames, plain_frames)
 
 
+def test_compiler_failure_falls_back_to_eager_with_a_warning(models, contexts):
+    model, (context, actions) = models["heads"], contexts
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("this backend cannot compile")
+
+    imaginer = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout,
+                        ImaginationConfig(compile=True, compile_backend=broken_backend), capture=no_capture)
+    with pytest.warns(RuntimeWarning, match="cannot compile") as caught:
+        codes, raw, frames = engine_rollout(imaginer, context[:2], actions[:2], 1, seed=2)
+    messages = " ".join(str(warning.message) for warning in caught)
+    assert "token step" in messages and "frame decoder" in messages
+    plain, plain_raw, plain_frames = engine_rollout(model.imaginer, context[:2], actions[:2], 1, seed=2)
+    assert torch.equal(codes, plain) and torch.equal(raw, plain_raw) and torch.equal(frames, plain_frames)
+
+
 def test_bfloat16_replica_is_refreshed_at_every_reset(models, contexts):
     model, (context, actions) = models["heads"], contexts
     imaginer = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout,

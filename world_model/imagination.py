@@ -228,8 +228,6 @@ class _Active:
     batch: int
     context: ContextCache
     horizon: int
-    temperature: float
-    top_k: int | None
     generator: torch.Generator | None
     steps: int = 0
 
@@ -344,7 +342,7 @@ class Imaginer:
                 context = self.tokenizer.context_cache(ctx_codes)
             model.prefill(pad_rows(layout.prefix(ctx_codes), state.batch_size), state.cache)
         state.pos.fill_(layout.prefix_length)
-        self._active = _Active(state, batch, context, horizon, temperature, top_k, generator)
+        self._active = _Active(state, batch, context, horizon, generator)
 
     def _new_rollout(self, model: WorldModelTransformer, rows: int, cache_len: int, temperature: float,
                      top_k: int | None, use_compile: bool | None = None) -> StaticRollout:

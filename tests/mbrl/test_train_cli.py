@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,17 @@ def run_cli(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+def wandb_record(run_dir: Path, expected: bytes, wait_s: float = 60.0) -> bytes:
+    """The offline W&B record under `run_dir` once it holds `expected` (W&B's service process may still be
+    writing it when the run's process exits)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        data = b"".join(p.read_bytes() for p in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        if expected in data or time.monotonic() > deadline:
+            return data
+        time.sleep(0.5)
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -84,8 +96,8 @@ def test_train_end_to_end_writes_every_output(tmp_path):
     assert train[-1]["train/critic_loss"] != ""
     assert int(train[0]["train/buffer_size"]) == 20 + 20  # the demo episode, then the first train episode
 
-    wandb_records = list(run.glob("wandb/offline-run-*/run-*.wandb"))
-    assert wandb_records and b"eval/success_rate" in wandb_records[0].read_bytes()
+    assert list(run.glob("wandb/offline-run-*/run-*.wandb"))
+    assert b"eval/success_rate" in wandb_record(run, b"eval/success_rate")
     assert sorted(p.name for p in (run / "videos").iterdir()) == [
         "eval_0.gif",
         "eval_100.gif",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from agents.dreamerv3.config import RunSpec, schedule_steps, sheeprl_config
 from agents.dreamerv3.env import DictFrameEnv
 from agents.dreamerv3.session import EVAL_SEED_STREAM, _our_metric_name
 from mbrl.envs import EnvConfig, make_env
+from helpers import read_csv, wandb_record
 
 REPO = Path(__file__).resolve().parents[2]
 # A tiny model on short episodes: each run is a few seconds on 2 cores. 20-step episodes at repeat 2 = 40
@@ -53,22 +52,6 @@ TIMINGS = {"total_time", "train/fps", "train/updates_per_second"}
 def train_config(*overrides: str):
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         return compose("train", overrides=[*TINY, *overrides])
-
-
-def wandb_record(run_dir: Path, expected: bytes, wait_s: float = 60.0) -> bytes:
-    """The offline W&B record of a run, once it holds `expected`: W&B's service process writes it out
-    shortly after `finish()` returns in this process."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        data = b"".join(p.read_bytes() for p in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-        if expected in data or time.monotonic() > deadline:
-            return data
-        time.sleep(0.5)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 class RecordingSink:

@@ -1,4 +1,5 @@
 """experiments/bench_imagination.py end to end on the tiny preset: JSON rows, ratio, the time-budget skip."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,29 @@ BENCH = REPO / "experiments" / "bench_imagination.py"
 def test_bench_reports_both_paths_and_skips_over_budget():
     # batch 1 always runs (nothing to extrapolate from); batch 3 is estimated from it and exceeds the budget
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--preset", "tiny", "--batches", "3,1", "--horizon", "2", "--repeats", "1",
-         "--threads", "1", "--max-seconds", "0.001", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+        [
+            sys.executable,
+            str(BENCH),
+            "--preset",
+            "tiny",
+            "--batches",
+            "3,1",
+            "--horizon",
+            "2",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--max-seconds",
+            "0.001",
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     report = json.loads(out.stdout)
     assert report["machine"]["device"] == "cpu" and report["machine"]["threads"] == 1
     first, second = report["rows"]

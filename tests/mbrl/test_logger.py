@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import time
-from pathlib import Path
 
 from mbrl.logger import CSVWriter, Logger, WandbConfig, save_run_info
+from helpers import read_csv, wandb_record
 
 TRAIN_ROW = {"step": 50, "episode": 1, "train/episode_return": 12.5, "train/success": 0.0}
 EVAL_ROW = {"step": 50, "episode": 1, "eval/episode_return": 30.0, "eval/success_rate": 0.25}
-
-
-def wandb_record(run_dir: Path, expected: bytes, wait_s: float = 60.0) -> bytes:
-    """The offline W&B record under `run_dir` once it holds `expected` (W&B's service process may still be
-    writing it when `finish()` returns)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        data = b"".join(p.read_bytes() for p in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-        if expected in data or time.monotonic() > deadline:
-            return data
-        time.sleep(0.5)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_csv_and_wandb_offline_hold_the_metric_names(tmp_path):

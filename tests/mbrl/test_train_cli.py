@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from mbrl.checkpoint import load_checkpoint
 from mbrl.replay import ReplayBuffer
 from mbrl.train import run_dir_for
 from mbrl.trainer import TrainConfig
+from helpers import read_csv, wandb_record
 
 REPO = Path(__file__).resolve().parents[2]
 # Tiny networks and episodes: each launch is a few seconds, mostly imports and env creation.
@@ -51,22 +50,6 @@ def run_cli(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
         raise AssertionError(f"mbrl.train failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
-
-
-def wandb_record(run_dir: Path, expected: bytes, wait_s: float = 60.0) -> bytes:
-    """The offline W&B record under `run_dir` once it holds `expected` (W&B's service process may still be
-    writing it when the run's process exits)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        data = b"".join(p.read_bytes() for p in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-        if expected in data or time.monotonic() > deadline:
-            return data
-        time.sleep(0.5)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.slow

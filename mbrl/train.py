@@ -1,4 +1,4 @@
-"""Entry point: `python -m mbrl.train task=door_open agent=drqv2 world_model=none [key=value ...]`.
+"""Entry point: `python -m mbrl.train task=door_open [agent=drqv2] [world_model=ivideogpt|none] [key=value ...]`.
 
 Composes the Hydra config (configs/train.yaml), checks it, records it in the run folder and hands it to
 `mbrl.trainer.Trainer`. Multirun: `python -m mbrl.train -m task=door_open,drawer_open seed=1,2,3`.
@@ -71,9 +71,23 @@ def main(cfg: DictConfig) -> None:
     train()
 
 
+def _named(argv: list[str], key: str) -> str | None:
+    """The value the command line gives `key` (the last one wins, as in Hydra), or None."""
+    values = [arg.split("=", 1)[1] for arg in argv if "=" in arg and arg.split("=", 1)[0].lstrip("+~") == key]
+    return values[-1] if values else None
+
+
+def _default_world_model(argv: list[str]) -> list[str]:
+    """`agent=dreamerv3` learns its own world model: it implies `world_model=none` unless the command names one
+    (the default, world_model=ivideogpt, is MBPO for DrQ-v2)."""
+    if _named(argv, "agent") == "dreamerv3" and _named(argv, "world_model") is None:
+        return [*argv, "world_model=none"]
+    return argv
+
+
 def _default_profile(argv: list[str]) -> list[str]:
     """Adds `profile=cpu` when no GPU is present and the command names no profile (README: "Profiles")."""
-    if any(arg.split("=", 1)[0].lstrip("+~") == "profile" for arg in argv) or torch.cuda.is_available():
+    if _named(argv, "profile") is not None or torch.cuda.is_available():
         return argv
     print(
         "no GPU found: using profile=cpu (smaller batch, shorter run); pass profile=paper for the paper's "
@@ -84,5 +98,5 @@ def _default_profile(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *_default_profile(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *_default_profile(_default_world_model(sys.argv[1:]))]
     main()

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 # frames each; 200 agent steps; training starts after 40 random steps (5 gradient steps per 20 agent steps).
 TINY = [
     "agent=dreamerv3",
+    "world_model=none",  # what `python -m mbrl.train agent=dreamerv3` adds by itself
     "profile=paper",
     "task=reach",
     "seed=3",

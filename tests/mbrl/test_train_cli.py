@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Tiny networks and episodes: each launch is a few seconds, mostly imports and env creation.
 TINY = [
     "task=reach",
+    "world_model=none",
     "profile=paper",
     "num_threads=1",
     "env.image_size=32",
@@ -212,3 +213,11 @@ def test_resume_true_finds_the_newest_run_with_a_checkpoint(tmp_path):
     fresh = run_dir_for(str(tmp_path), "door_open", "drqv2", "none", 2, True)  # no earlier seed-2 run
     assert fresh.startswith(str(tmp_path)) and fresh.endswith("_door_open_drqv2_none_s2")
     assert run_dir_for(str(tmp_path), "door_open", "drqv2", "none", 1, "auto") != found
+
+
+def test_dreamerv3_implies_no_mbpo_world_model_unless_named():
+    from mbrl.train import _default_world_model
+
+    assert _default_world_model(["agent=dreamerv3"]) == ["agent=dreamerv3", "world_model=none"]
+    assert _default_world_model(["agent=dreamerv3", "world_model=ivideogpt"])[-1] == "world_model=ivideogpt"
+    assert _default_world_model(["agent=drqv2"]) == ["agent=drqv2"]  # MBPO stays the default for DrQ-v2

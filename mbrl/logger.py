@@ -171,12 +171,13 @@ class Logger:
             tqdm.write(self._console_line(section, row), file=sys.stdout)
             sys.stdout.flush()  # lines reach log files (cluster jobs, pipes) as they happen
 
-    def log_video(self, key: str, path: str | Path, frame: int, fps: int) -> None:
-        """Uploads a saved video file (GIF or MP4) to W&B under `key` at `frame`."""
+    def log_video(self, key: str, path: str | Path, frame: int) -> None:
+        """Uploads a saved video file (GIF or MP4, which carries its own frame rate) to W&B under `key` at
+        `frame`."""
         if self._wandb is not None:
             import wandb
 
-            self._wandb.log({key: wandb.Video(str(path), fps=fps), "frame": frame})
+            self._wandb.log({key: wandb.Video(str(path)), "frame": frame})
 
     def close(self) -> None:
         if self._wandb is not None:

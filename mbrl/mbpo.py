@@ -397,7 +397,7 @@ class MBPO:
         device: where the world model, its rollouts and the imagined replay live.
         run_dir: the run folder (videos go to `run_dir/videos`).
         timer: `timer(phase)` context manager that accounts wall-clock time to a phase.
-        log_video: `log_video(key, path, frame, fps)` (the trainer's logger).
+        log_video: `log_video(key, path, frame)` (the trainer's logger).
         video_format: gif or mp4; None saves no videos.
     """
 
@@ -593,7 +593,7 @@ class MBPO:
     def _save_video(self, key: str, name: str, frames: np.ndarray, frame: int) -> None:
         path = save_video(self.videos, name, self.video_format, frames)
         if path is not None and self.log_video is not None:
-            self.log_video(key, path, frame, VIDEO_FPS)
+            self.log_video(key, path, frame)
 
     # -------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:

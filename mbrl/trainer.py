@@ -416,7 +416,7 @@ class Trainer:
         )
         video = self.video.save(f"eval_{self.frame}")
         if video is not None:
-            self.logger.log_video("eval/video", video, self.frame, self.video.fps)
+            self.logger.log_video("eval/video", video, self.frame)
         self.timer.lap()  # the evaluation's time does not count toward the train episode's fps
 
     def _add_demos(self) -> None:

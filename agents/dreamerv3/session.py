@@ -171,7 +171,7 @@ class Session:
             self.frame,
         )
         if video is not None:
-            self.logger.log_video("eval/video", video, self.frame, self._video.fps)
+            self.logger.log_video("eval/video", video, self.frame)
         self.timer.lap()  # the evaluation's time does not count toward the train fps
 
     def close(self) -> None:

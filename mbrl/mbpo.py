@@ -303,31 +303,6 @@ def agent_policy(agent: Any, step: int) -> Policy:
     return act
 
 
-def newest_segments(replay: ReplayBuffer, batch_size: int, length: int, window: int,
-                    rng: np.random.Generator) -> SegmentBatch | None:
-    """Segments as `ReplayBuffer.sample_segments` returns them, but drawn only among the newest `window` stored
-    frames (held-out-ish validation data); None when no segment fits there.
-
-    Reads the buffer's storage directly: `sample_segments` has no way to restrict where segments start.
-    """
-    total = replay._total  # absolute index of the next frame
-    low, high = max(total - window, replay._oldest), total - length
-    if high <= low:
-        return None
-    starts = np.arange(low, high)
-    starts = starts[replay._valid_starts(starts, length, 0)]
-    if len(starts) == 0:
-        return None
-    start = rng.choice(starts, size=batch_size)
-    frame_slots = (start[:, None] + np.arange(length)) % replay.capacity
-    next_slots = (frame_slots + 1) % replay.capacity  # actions/rewards are stored on the frame they lead to
-    return SegmentBatch(
-        frames=torch.from_numpy(np.take(replay._frames, frame_slots, axis=0)),
-        actions=torch.from_numpy(replay._actions[next_slots]),
-        rewards=torch.from_numpy(replay._rewards[next_slots]),
-    )
-
-
 # ------------------------------------------------------------------------------------------- videos
 # 3x5 pixel glyphs for reward read-outs drawn into the video frames (no font files or OpenCV needed).
 _GLYPHS = {
@@ -562,7 +537,8 @@ class MBPO:
         latest imagined rollouts. Empty when the newest episodes hold no full segment yet."""
         cfg = self.cfg.validation
         window = cfg.episodes * (self.episode_frames // self.action_repeat + 1)
-        batch = newest_segments(self.replay, cfg.batch_size, self.cfg.segment_length, window, self.validation_rng)
+        batch = self.replay.sample_recent_segments(cfg.batch_size, self.cfg.segment_length, window,
+                                                    self.validation_rng)
         if batch is None:
             return {}
         batch = batch.to(self.device)

@@ -283,7 +283,25 @@ class ReplayBuffer:
         """
         if length < 1:
             raise ValueError(f"segment length must be >= 1, got {length}")
-        start = self._draw_starts(batch_size, length, 0, generator)
+        return self._segments_at(self._draw_starts(batch_size, length, 0, generator), length)
+
+    def sample_recent_segments(
+        self, batch_size: int, length: int, window: int, generator: np.random.Generator
+    ) -> SegmentBatch | None:
+        """Like `sample_segments`, but every segment lies among the newest `window` stored frames (validation on
+        the latest episodes, which the agent has trained on least). None when no segment fits there."""
+        if length < 1:
+            raise ValueError(f"segment length must be >= 1, got {length}")
+        low, high = max(self._total - window, self._oldest), self._total - length
+        if high <= low:
+            return None
+        starts = np.arange(low, high)
+        starts = starts[self._valid_starts(starts, length, 0)]
+        if len(starts) == 0:
+            return None
+        return self._segments_at(generator.choice(starts, size=batch_size), length)
+
+    def _segments_at(self, start: np.ndarray, length: int) -> SegmentBatch:
         frame_slots = (start[:, None] + np.arange(length)) % self.capacity  # (B, T)
         next_slots = (frame_slots + 1) % self.capacity  # actions/rewards are stored on the frame they lead to
         return SegmentBatch(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
-from mbrl.mbpo import MBPO, Cadence, MBPOConfig, ScheduleConfig, build_schedule, draw_text, newest_segments
+from mbrl.mbpo import MBPO, Cadence, MBPOConfig, ScheduleConfig, build_schedule, draw_text
 from mbrl.replay import ReplayBuffer
 
 REPEAT = 2
@@ -171,14 +171,14 @@ def test_validation_scores_the_newest_episodes_and_writes_videos(tmp_path):
     assert [args[0] for args in logged] == ["val/video", "imagination/video"]
 
 
-def test_newest_segments_come_from_the_newest_frames_only():
+def test_validation_segments_come_from_the_newest_frames_only():
     replay = filled_replay(episodes=3)
     window = EPISODE + 1  # the last episode's frames
-    batch = newest_segments(replay, 16, 4, window, np.random.default_rng(0))
+    batch = replay.sample_recent_segments(16, 4, window, np.random.default_rng(0))
     last_episode = torch.from_numpy(replay._frames[2 * window:3 * window])
     for segment in batch.frames:
         assert any(torch.equal(segment[0], f) for f in last_episode)
-    assert newest_segments(replay, 4, 20, window, np.random.default_rng(0)) is None  # longer than an episode
+    assert replay.sample_recent_segments(4, 20, window, np.random.default_rng(0)) is None  # longer than an episode
 
 
 def test_building_the_world_model_leaves_the_global_random_stream_alone(tmp_path):

@@ -118,20 +118,25 @@ class DrQV2Agent:
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, step: int, eval_mode: bool) -> np.ndarray:
-        """One observation `(S*3, H, W)` uint8 -> an action `(A,)` float32 in [-1, 1].
+        """One observation `(S*3, H, W)` uint8 -> an action `(A,)` float32 in [-1, 1] (see `act_batch`)."""
+        action = self.act_batch(torch.as_tensor(obs).unsqueeze(0), step, eval_mode)
+        return action[0].cpu().numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def act_batch(self, obs: torch.Tensor, step: int, eval_mode: bool) -> torch.Tensor:
+        """Observations `(B, S*3, H, W)` uint8 on any device -> actions `(B, A)` in [-1, 1] on the agent's device
+        (imagined rollouts act on whole batches).
 
         Evaluation returns the mean action; training samples it, uniformly at random during the first
         `num_expl_steps` agent steps.
         """
-        features = self.encoder(self._images(torch.as_tensor(obs).unsqueeze(0), augment=False))
-        dist = self.actor(features, self.std(step))
+        dist = self.actor(self.encoder(self._images(obs, augment=False)), self.std(step))
         if eval_mode:
-            action = dist.mean
-        else:
-            action = dist.sample()
-            if step < self.cfg.num_expl_steps:
-                action.uniform_(-1.0, 1.0)
-        return action[0].cpu().numpy().astype(np.float32)
+            return dist.mean
+        action = dist.sample()
+        if step < self.cfg.num_expl_steps:
+            action.uniform_(-1.0, 1.0)
+        return action
 
     def update(self, batch: TransitionLike, step: int) -> dict[str, float]:
         """One critic (+ encoder) step, one actor step and a soft target update on `batch`.

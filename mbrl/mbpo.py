@@ -290,17 +290,9 @@ def build_world_model(cfg: MBPOConfig, action_dim: int, device: torch.device) ->
 
 
 def agent_policy(agent: Any, step: int) -> Policy:
-    """The DrQ-v2 agent's training-time policy on batches of frame stacks (what `agent.act` does for one):
-    a sample from its current distribution, uniform during its exploration steps."""
-
-    def act(obs: torch.Tensor) -> torch.Tensor:
-        features = agent.encoder(obs.to(agent.device).contiguous(memory_format=agent.memory_format))
-        action = agent.actor(features, agent.std(step)).sample()
-        if step < agent.cfg.num_expl_steps:
-            action.uniform_(-1.0, 1.0)
-        return action
-
-    return act
+    """The agent's training-time policy on batches of frame stacks (a sample from its current distribution,
+    uniform during its exploration steps)."""
+    return lambda obs: agent.act_batch(obs, step, eval_mode=False)
 
 
 # ------------------------------------------------------------------------------------------- videos

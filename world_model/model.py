@@ -25,6 +25,7 @@ from world_model.imagination import (  # noqa: F401
     symexp,
     symlog,
 )
+from world_model.io import atomic_write, load_checked
 from world_model.layout import IGNORE_INDEX, RewardAlignment, TokenLayout
 from world_model.presets import get_preset
 from world_model.tokenizer import CONFIG_NAME as TOKENIZER_CONFIG
@@ -184,8 +185,8 @@ class IVideoGPT(nn.Module):
         tensors = {k: v.detach().to("cpu", copy=True).contiguous()
                    for k, v in self.export_state_dicts()["transformer"].items()}
         text = json.dumps(self.transformer.config.to_json_dict(), indent=2) + "\n"
-        _atomic_write(folder / TRANSFORMER_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        _atomic_write(folder / TRANSFORMER_CONFIG, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(folder / TRANSFORMER_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        atomic_write(folder / TRANSFORMER_CONFIG, lambda tmp: Path(tmp).write_text(text))
 
     # ------------------------------------------------------------------------------- tokens
     @torch.no_grad()
@@ -328,27 +329,3 @@ def transformer_state_from_file(state: dict[str, torch.Tensor]) -> dict[str, tor
                      "(model.*, lm_head.weight)")
 
 
-def load_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str,
-                 allow_missing: set[str] = frozenset()) -> None:
-    """Load a state dict after checking every key and shape; one error line names all mismatches."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state) - set(allow_missing))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        problems = [f"{name} ({len(keys)}): {_preview(keys)}" for name, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
-        raise ValueError(f"{what} checkpoint does not fit the model config: " + "; ".join(problems))
-    module.load_state_dict(state, strict=False)
-
-
-def _preview(items: list[str], limit: int = 6) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... {len(items) - limit} more" if len(items) > limit else "")
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from world_model.blocks import Decoder, Encoder
+from world_model.io import atomic_write, load_checked
 from world_model.vq import VectorQuantizer
 
 CONFIG_NAME = "config.json"
@@ -510,23 +510,7 @@ class CompressiveTokenizer(nn.Module):
     # ---- published checkpoint layout ----------------------------------------------------------------
     def load_published_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load a published tokenizer state dict, checking every key and shape first."""
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(own))
-        mismatched = [
-            f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in sorted(set(own) & set(state_dict))
-            if tuple(state_dict[k].shape) != tuple(own[k].shape)
-        ]
-        if missing or unexpected or mismatched:
-            problems = []
-            for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                 ("shape mismatches", mismatched)):
-                if items:
-                    shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-                    problems.append(f"{label}: {shown}")
-            raise ValueError("tokenizer checkpoint does not match the config: " + "; ".join(problems))
-        self.load_state_dict(state_dict, strict=True)
+        load_checked(self, state_dict, "tokenizer")
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> CompressiveTokenizer:
@@ -549,17 +533,8 @@ class CompressiveTokenizer(nn.Module):
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         text = json.dumps(self.config.to_json_dict(), indent=2, sort_keys=True) + "\n"
-        _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
 
 
-def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

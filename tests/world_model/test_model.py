@@ -140,7 +140,7 @@ def test_checkpoint_mismatches_are_named(tiny_checkpoint, tmp_path):
         IVideoGPT.from_pretrained(broken)
     message = str(err.value)
     assert "\n" not in message
-    assert "missing (1): llm.model.norm.weight" in message and "unexpected (1): extra.weight" in message
+    assert "missing keys (1): llm.model.norm.weight" in message and "unexpected keys (1): extra.weight" in message
     assert "llm.model.layers.0.mlp.up_proj.weight: checkpoint (3, 3) vs model (128, 64)" in message
     with pytest.raises(FileNotFoundError, match="transformer"):
         IVideoGPT.from_pretrained(tmp_path / "nothing")

@@ -130,8 +130,8 @@ def test_strict_loading_names_every_problem(tiny_checkpoint: Path) -> None:
     with pytest.raises(ValueError) as error:
         model.load_published_state_dict(broken)
     message = str(error.value)
-    assert "missing keys: quant_conv.bias" in message
-    assert "unexpected keys: extra.weight" in message
+    assert "missing keys (1): quant_conv.bias" in message
+    assert "unexpected keys (1): extra.weight" in message
     assert "quantize.embedding.weight: checkpoint (7, 32) vs model (256, 32)" in message
     with pytest.raises(ValueError, match="shape mismatches"):
         CompressiveTokenizer(replace(TokenizerConfig.tiny(), latent_channels=64)).load_published_state_dict(state)

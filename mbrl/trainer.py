@@ -34,6 +34,7 @@ from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng
 from mbrl.envs import EnvConfig, make_env, scripted_policy
 from mbrl.logger import Logger, WandbConfig
 from mbrl.replay import ReplayBuffer, TransitionBatch
+from mbrl.run_settings import RunSettings
 from mbrl.utils import (
     Every,
     Ratio,
@@ -45,7 +46,7 @@ from mbrl.utils import (
     pick_device,
     set_seed,
 )
-from mbrl.video import VIDEO_FORMATS, VideoRecorder
+from mbrl.video import VideoRecorder
 
 if TYPE_CHECKING:  # the world-model stack is imported only by runs that use it (mbrl.mbpo)
     from mbrl.mbpo import MBPOConfig
@@ -56,50 +57,27 @@ _TRAIN_EPISODE, _EVAL_EPISODE, _DEMO_EPISODE, _REPLAY = range(4)
 _RESUME_MODES = ("auto", True, False)
 _WORLD_MODELS = ("none", "ivideogpt")
 # Settings that count frames or episodes (0 allowed: no training / no evaluation / no checkpoints / no demos).
-_COUNTS = ("num_train_frames", "eval_every_frames", "num_eval_episodes", "checkpoint_every_frames", "demos")
 
 
-@dataclass
-class TrainConfig:
-    """Everything a run needs, typed and checked (built from the Hydra config by `from_dict`)."""
+@dataclass(kw_only=True)
+class TrainConfig(RunSettings):
+    """Everything a DrQ-v2 / MBPO run needs, typed and checked (built from the Hydra config by `from_dict`)."""
 
-    task: str
-    env: EnvConfig
     agent: DrQV2Config
-    wandb: WandbConfig
     agent_name: str = "drqv2"
     world_model: str = "none"
     mbpo: MBPOConfig | None = None  # the world_model settings when world_model=ivideogpt
-    seed: int = 1
-    device: str = "auto"
-    num_threads: int | str = "auto"
-    num_train_frames: int = 260_000
-    eval_every_frames: int = 10_000
-    num_eval_episodes: int = 20
-    checkpoint_every_frames: int = 20_000
-    save_video: bool = True
-    video_format: str = "gif"
     demos: int = 0
-    replay_capacity: int = 1_000_000
     resume: str | bool = "auto"
-    console: bool = True
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        coerce_ints(self, ("seed", "replay_capacity", *_COUNTS))
-        for name in _COUNTS:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        super().__post_init__()
+        coerce_ints(self, ("demos",))
+        if self.demos < 0:
+            raise ValueError(f"demos={self.demos} must be >= 0")
         if self.resume not in _RESUME_MODES:
             raise ValueError(f"resume={self.resume!r} must be auto, true or false")
-        if self.video_format not in VIDEO_FORMATS:
-            raise ValueError(f"video_format={self.video_format!r} must be one of {', '.join(VIDEO_FORMATS)}")
-        repeat = self.env.action_repeat
-        for name in ("eval_every_frames", "checkpoint_every_frames"):
-            if 0 < getattr(self, name) < repeat:
-                raise ValueError(
-                    f"{name}={getattr(self, name)} is shorter than one agent step ({repeat} frames)"
-                )
         if self.env.episode_length <= self.agent.nstep:
             raise ValueError(
                 f"env.episode_length={self.env.episode_length} must exceed agent.nstep="

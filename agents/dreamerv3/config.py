@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mbrl.envs import EnvConfig
 from mbrl.logger import WandbConfig
+from mbrl.run_settings import RunSettings
 
 #: Our size names -> sheeprl's algo configs. `tiny` is XS shrunk by `DreamerV3Config.tiny` (tests, smoke runs).
 SIZES = {
@@ -84,41 +85,20 @@ class DreamerV3Config:
         return "bf16-mixed" if device.type == "cuda" else "32-true"
 
 
-@dataclass
-class RunSpec:
+@dataclass(kw_only=True)
+class RunSpec(RunSettings):
     """What `agents.dreamerv3.run` needs from the training config, typed and checked."""
 
-    task: str
-    seed: int
-    env: EnvConfig
     agent: DreamerV3Config
-    wandb: WandbConfig
-    device: str = "auto"
-    num_threads: int | str = "auto"
-    num_train_frames: int = 260_000
-    eval_every_frames: int = 10_000
-    num_eval_episodes: int = 20
-    checkpoint_every_frames: int = 20_000
-    save_video: bool = True
-    video_format: str = "gif"
-    replay_capacity: int = 1_000_000
-    console: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         repeat = self.env.action_repeat
         if self.num_train_frames < repeat * self.agent.num_envs:
             raise ValueError(
                 f"num_train_frames={self.num_train_frames} is less than one agent step of every env "
                 f"({repeat * self.agent.num_envs} frames)"
             )
-        for name in ("eval_every_frames", "checkpoint_every_frames", "num_eval_episodes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        for name in ("eval_every_frames", "checkpoint_every_frames"):
-            if 0 < getattr(self, name) < repeat:
-                raise ValueError(
-                    f"{name}={getattr(self, name)} is shorter than one agent step ({repeat} frames)"
-                )
         size = self.env.image_size
         if size < 8 or size & (size - 1):
             raise ValueError(

@@ -1,0 +1,46 @@
+"""The run-level settings every training loop shares (DrQ-v2/MBPO's `Trainer`, DreamerV3's sheeprl run)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mbrl.envs import EnvConfig
+from mbrl.logger import WandbConfig
+from mbrl.utils import coerce_ints
+from mbrl.video import VIDEO_FORMATS
+
+_COUNTS = ("num_train_frames", "eval_every_frames", "num_eval_episodes", "checkpoint_every_frames")
+
+
+@dataclass(kw_only=True)
+class RunSettings:
+    """Task, env, budgets (env frames), evaluation, checkpoints, logging and device, typed and checked.
+
+    Each agent's config subclasses this with its `agent` settings and the checks only it needs.
+    """
+
+    task: str
+    env: EnvConfig
+    wandb: WandbConfig
+    seed: int = 1
+    device: str = "auto"
+    num_threads: int | str = "auto"
+    num_train_frames: int = 260_000
+    eval_every_frames: int = 10_000
+    num_eval_episodes: int = 20
+    checkpoint_every_frames: int = 20_000
+    save_video: bool = True
+    video_format: str = "gif"
+    replay_capacity: int = 1_000_000
+    console: bool = True
+
+    def __post_init__(self) -> None:
+        coerce_ints(self, ("seed", "replay_capacity", *_COUNTS))
+        for name in _COUNTS:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.video_format not in VIDEO_FORMATS:
+            raise ValueError(f"video_format={self.video_format!r} must be one of {', '.join(VIDEO_FORMATS)}")
+        repeat = self.env.action_repeat
+        for name in ("eval_every_frames", "checkpoint_every_frames"):
+            if 0 < getattr(self, name) < repeat:
+                raise ValueError(f"{name}={getattr(self, name)} is shorter than one agent step ({repeat} frames)")

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from agents.drqv2 import DrQV2Agent, DrQV2Config
 from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mbrl.envs import EnvConfig, make_env, scripted_policy
+from mbrl.evaluation import run_eval_episodes
 from mbrl.logger import Logger, WandbConfig
 from mbrl.replay import ReplayBuffer, TransitionBatch
 from mbrl.run_settings import RunSettings
@@ -53,7 +54,8 @@ if TYPE_CHECKING:  # the world-model stack is imported only by runs that use it 
 
 CHECKPOINT_VERSION = 1
 # Independent seed streams, combined with the run seed and a counter (see mbrl.utils.derive_seed).
-_TRAIN_EPISODE, _EVAL_EPISODE, _DEMO_EPISODE, _REPLAY = range(4)
+# Evaluation uses mbrl.evaluation.EVAL_SEED_STREAM (1), shared with every agent.
+_TRAIN_EPISODE, _DEMO_EPISODE, _REPLAY = 0, 2, 3
 _RESUME_MODES = ("auto", True, False)
 _WORLD_MODELS = ("none", "ivideogpt")
 # Settings that count frames or episodes (0 allowed: no training / no evaluation / no checkpoints / no demos).
@@ -363,35 +365,15 @@ class Trainer:
     def evaluate(self) -> None:
         """Runs `num_eval_episodes` deterministic episodes; logs `eval/*` and a video of the first one."""
         self._episode_seconds += self.timer.lap()
-        returns, successes, frames = [], [], 0
-        for i in range(self.cfg.num_eval_episodes):
-            obs, info = self.eval_env.reset(seed=derive_seed(self.cfg.seed, _EVAL_EPISODE, self.step, i))
-            self.video.start(info["frame"], record=i == 0)
-            done, episode_return, success = False, 0.0, False
-            while not done:
-                action = self.agent.act(obs, self.step, eval_mode=True)
-                obs, reward, terminated, truncated, info = self.eval_env.step(action)
-                self.video.add(info["frame"])
-                done = terminated or truncated
-                episode_return += reward
-                success |= bool(info["success"])
-                frames += self.action_repeat
-            returns.append(episode_return)
-            successes.append(success)
-        if not returns:
+        metrics = run_eval_episodes(
+            self.eval_env, lambda obs: self.agent.act(obs, self.step, eval_mode=True), run_seed=self.cfg.seed,
+            step=self.step, num_episodes=self.cfg.num_eval_episodes, action_repeat=self.action_repeat,
+            video=self.video)
+        if metrics is None:
             return
-        self.logger.log(
-            "eval",
-            {
-                "step": self.step,
-                "episode": self.episode,
-                "eval/episode_return": float(np.mean(returns)),
-                "eval/success_rate": float(np.mean(successes)),
-                "eval/episode_length": frames / len(returns),
-                "total_time": self._elapsed_before + self.timer.total(),
-            },
-            self.frame,
-        )
+        total_time = self._elapsed_before + self.timer.total()
+        self.logger.log("eval", {"step": self.step, "episode": self.episode, **metrics, "total_time": total_time},
+                        self.frame)
         video = self.video.save(f"eval_{self.frame}")
         if video is not None:
             self.logger.log_video("eval/video", video, self.frame)

@@ -32,13 +32,10 @@ from lightning.fabric.loggers import Logger as FabricLogger
 from agents.dreamerv3.config import OBS_KEY, RunSpec
 from agents.dreamerv3.env import DictFrameEnv
 from mbrl.envs import make_env
+from mbrl.evaluation import run_eval_episodes
 from mbrl.logger import Logger
-from mbrl.utils import Timer, derive_seed
+from mbrl.utils import Timer
 from mbrl.video import VideoRecorder
-
-#: The seed stream of evaluation episodes; mbrl.trainer uses the same one (its `_EVAL_EPISODE`), so DrQ-v2
-#: and DreamerV3 are evaluated from the same start states at the same agent step.
-EVAL_SEED_STREAM = 1
 
 _SESSIONS: dict[str, Session] = {}
 
@@ -140,36 +137,15 @@ class Session:
         # Building the policy draws initial weights: keep the training's random streams untouched.
         with torch.random.fork_rng(devices=devices):
             player = _build_player(fabric, self.sheeprl_cfg, env, state)
-            returns, successes, steps, video = [], [], 0, None
-            for i in range(self.spec.num_eval_episodes):
-                obs, info = env.reset(seed=derive_seed(self.spec.seed, EVAL_SEED_STREAM, self.step, i))
-                if i == 0:  # the video shows the first episode
-                    self._video.start(info["frame"])
-                player.init_states()
-                done, episode_return, success = False, 0.0, False
-                while not done:
-                    obs, reward, terminated, truncated, info = env.step(_greedy_action(fabric, player, obs))
-                    self._video.add(info["frame"])
-                    done = terminated or truncated
-                    episode_return += reward
-                    success |= bool(info["success"])
-                    steps += 1
-                returns.append(episode_return)
-                successes.append(success)
-                if i == 0:
-                    video = self._video.save(f"eval_{self.frame}")
-        self.logger.log(
-            "eval",
-            {
-                "step": self.step,
-                "episode": self.episode,
-                "eval/episode_return": float(np.mean(returns)),
-                "eval/success_rate": float(np.mean(successes)),
-                "eval/episode_length": steps * self.spec.env.action_repeat / len(returns),
-                "total_time": self.timer.total(),
-            },
-            self.frame,
-        )
+            metrics = run_eval_episodes(
+                env, lambda obs: _greedy_action(fabric, player, obs), run_seed=self.spec.seed, step=self.step,
+                num_episodes=self.spec.num_eval_episodes, action_repeat=self.spec.env.action_repeat,
+                video=self._video, on_reset=player.init_states)
+        if metrics is None:
+            return
+        row = {"step": self.step, "episode": self.episode, **metrics, "total_time": self.timer.total()}
+        self.logger.log("eval", row, self.frame)
+        video = self._video.save(f"eval_{self.frame}")
         if video is not None:
             self.logger.log_video("eval/video", video, self.frame)
         self.timer.lap()  # the evaluation's time does not count toward the train fps

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import read_csv, wandb_record
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from agents.dreamerv3 import run
 from agents.dreamerv3.config import RunSpec, schedule_steps, sheeprl_config
 from agents.dreamerv3.env import DictFrameEnv
-from agents.dreamerv3.session import EVAL_SEED_STREAM, _our_metric_name
+from agents.dreamerv3.session import _our_metric_name
 from mbrl.envs import EnvConfig, make_env
-from helpers import read_csv, wandb_record
 
 REPO = Path(__file__).resolve().parents[2]
 # A tiny model on short episodes: each run is a few seconds on 2 cores. 20-step episodes at repeat 2 = 40
@@ -145,12 +145,6 @@ def test_sheeprl_metric_names_map_to_ours():
     assert _our_metric_name("Grads/actor") == "train/grad_norm_actor"
     assert _our_metric_name("Rewards/rew_avg") is None  # our train rows carry the returns
     assert _our_metric_name("Time/sps_env_interaction") is None
-
-
-def test_eval_start_states_match_the_drqv2_trainer():
-    from mbrl import trainer
-
-    assert EVAL_SEED_STREAM == trainer._EVAL_EPISODE
 
 
 @pytest.mark.slow

@@ -51,16 +51,21 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Switch modules to eval mode (no dropout) for the block and restore their previous modes."""
+def module_mode(training: bool, *modules: nn.Module) -> Iterator[None]:
+    """Switch modules to training (`True`) or eval mode for the block and restore their previous modes."""
     modes = [m.training for m in modules]
     try:
         for m in modules:
-            m.eval()
+            m.train(training)
         yield
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)
+
+
+def eval_mode(*modules: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """`module_mode(False, ...)`: no dropout inside the block."""
+    return module_mode(False, *modules)
 
 
 # ------------------------------------------------------------------------------------- sampling

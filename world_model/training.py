@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mbrl.replay import SegmentBatch
+from world_model.imagination import module_mode
 from world_model.layout import RewardAlignment
 from world_model.model import IVideoGPT, base_layout
 from world_model.presets import get_preset
@@ -164,19 +165,6 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def train_mode(*modules: nn.Module) -> Iterator[None]:
-    """Switch modules to training mode for the block and restore their previous modes."""
-    modes = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.train()
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
-
-
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -275,7 +263,7 @@ def tokenizer_update(model: IVideoGPT, optimizer: torch.optim.Optimizer, batch: 
     device = model_device(model)
     frames = to_unit(batch.frames.to(device, non_blocking=True))
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    with train_mode(model.tokenizer), autocast(device, mixed_precision):
+    with module_mode(True, model.tokenizer), autocast(device, mixed_precision):
         loss, parts = model.tokenizer_loss(frames, max_target_frames=max_target_frames, perceptual=perceptual,
                                            perceptual_weight=perceptual_weight)
     grad_norm = _step(params, optimizer, loss, grad_clip)
@@ -307,7 +295,7 @@ def transformer_update(model: IVideoGPT, optimizer: torch.optim.Optimizer, batch
     params = [p for group in optimizer.param_groups for p in group["params"]]
     with autocast(device, mixed_precision):
         tokens, _ = model.tokenize(to_unit(batch.frames))
-        with train_mode(model.transformer):
+        with module_mode(True, model.transformer):
             loss, parts = model.transformer_loss(tokens, actions, rewards)
     grad_norm = _step(params, optimizer, loss, grad_clip)
     metrics = _metrics("transformer", loss, parts, grad_norm, optimizer)

@@ -25,6 +25,7 @@ other processes on the machine slow CPU runs down.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from world_model.imagination import ImaginationConfig
 from world_model.model import IVideoGPT
 from world_model.reference_rollout import reference_rollout
 from world_model.transformer import WorldModelTransformer
@@ -63,6 +65,7 @@ class Row:
     reset_s: float | None = None
     sample_ms_per_step: float | None = None
     decode_ms_per_step: float | None = None
+    reference_decode_ms_per_step: float | None = None
     token_step_us: float | None = None
     floor_token_step_us: float | None = None
     floor_fraction: float | None = None
@@ -118,10 +121,34 @@ def engine_breakdown(model: IVideoGPT, frames: torch.Tensor, actions: torch.Tens
     return reset_s, sample_s / horizon, decode_s / horizon
 
 
-def reference_run(model: IVideoGPT, frames: torch.Tensor, actions: torch.Tensor, device: torch.device) -> None:
+def reference_precisions(model: IVideoGPT, device: torch.device, decoder: str
+                         ) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """(autocast, decoder_autocast) of the reference: the official code's (bf16 autocast on CUDA; float32 on
+    a CPU, where its ``torch.cuda.amp.autocast`` does nothing), the tokenizer optionally at the engine's."""
     autocast = torch.bfloat16 if device.type == "cuda" else None
+    if decoder == "official":
+        return autocast, None
+    engine_decoder = model.imaginer.config.resolve(device)[3]
+    return autocast, None if engine_decoder == torch.float32 else engine_decoder
+
+
+def reference_run(model: IVideoGPT, frames: torch.Tensor, actions: torch.Tensor, device: torch.device,
+                  precisions: tuple[torch.dtype | None, torch.dtype | None]) -> None:
+    autocast, decoder_autocast = precisions
     reference_rollout(model, frames, actions, actions.shape[1], generator=torch.Generator(device).manual_seed(0),
-                      per_call_cache=True, autocast=autocast)
+                      per_call_cache=True, autocast=autocast, decoder_autocast=decoder_autocast)
+
+
+def reference_decode_s(model: IVideoGPT, frames: torch.Tensor, device: torch.device,
+                       precisions: tuple[torch.dtype | None, torch.dtype | None], repeats: int = 2) -> float:
+    """Seconds of one frame decoding in the reference's precision (best of ``repeats``)."""
+    dtype = precisions[1] or precisions[0]
+    tokenizer, batch = model.tokenizer, frames.shape[0]
+    codes = torch.zeros(batch, 1, model.layout(1).tokens_per_future_frame, dtype=torch.long, device=device)
+    with torch.no_grad(), (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()):
+        context = tokenizer.context_cache(tokenizer.encode_context(frames))
+        tokenizer.decode_future(codes, context)
+        return min(timed(device, tokenizer.decode_future, codes, context) for _ in range(repeats))
 
 
 # ------------------------------------------------------------------------------------ GPU floor
@@ -178,12 +205,14 @@ def estimate(history: list[tuple[int, float]], batch: int, runs: int) -> float |
 
 
 def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_seconds: float,
-          device: torch.device, bandwidth: float | None) -> list[Row]:
-    """Both paths at every batch size (ascending); ``bandwidth`` (bytes/s) gives the token-step floor."""
+          device: torch.device, bandwidth: float | None, reference_decoder: str = "official") -> list[Row]:
+    """Both paths at every batch size (ascending); ``bandwidth`` (bytes/s) gives the token-step floor;
+    ``reference_decoder``: ``official`` or ``engine`` precision for the reference's tokenizer calls."""
     torch.manual_seed(0)
     model = IVideoGPT.from_preset(preset, action_dim=ACTION_DIM, reward_head=True).to(device).eval()
     layout = model.layout(horizon)
     dtype = model.imaginer.config.resolve(device)[2]
+    precisions = reference_precisions(model, device, reference_decoder)
     engine_history: list[tuple[int, float]] = []
     reference_history: list[tuple[int, float]] = []
     rows = []
@@ -212,15 +241,17 @@ def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_secon
         if guess is not None and guess > max_seconds:
             row.notes.append(f"reference skipped: est. {guess:.3g} s > --max-seconds {max_seconds:g}")
         else:
-            row.reference_s = min(timed(device, reference_run, model, frames, actions, device)
+            row.reference_s = min(timed(device, reference_run, model, frames, actions, device, precisions)
                                   for _ in range(repeats))
+            row.reference_decode_ms_per_step = 1e3 * reference_decode_s(model, frames[:, :layout.context_frames],
+                                                                        device, precisions)
             reference_history.append((batch, row.reference_s))
             row.reference_tps = batch * horizon / row.reference_s
         if row.engine_s is not None and row.reference_s is not None:
             row.ratio = row.reference_s / row.engine_s
-            # both paths decode each frame with the same call on the same batch: what is left is the rest
-            decode_s = horizon * row.decode_ms_per_step / 1e3
-            row.ratio_without_decode = (row.reference_s - decode_s) / (row.engine_s - decode_s)
+            # both paths decode each frame once with the same module (each in its own precision): the rest
+            row.ratio_without_decode = ((row.reference_s - horizon * row.reference_decode_ms_per_step / 1e3)
+                                        / (row.engine_s - horizon * row.decode_ms_per_step / 1e3))
         if device.type == "cpu":
             row.notes.extend(official_notes(preset, batch, horizon))
         if device.type == "cuda":
@@ -239,9 +270,11 @@ def print_table(rows: list[Row], machine: dict) -> None:
     print(f"device {machine['device']}, torch {machine['torch']}, threads {machine['threads']}, "
           f"load average at start {machine['load_average']}"
           + (f", copy bandwidth {machine['bandwidth_gb_s']:.0f} GB/s" if machine.get("bandwidth_gb_s") else ""))
+    print(f"precision: engine {machine['engine_precision']}; reference {machine['reference_precision']}")
     header = (f"{'preset':8} {'batch':>5} {'H':>3} | {'engine tr/s':>11} {'reference tr/s':>14} {'ratio':>6} "
               f"{'w/o decode':>10} | "
-              f"{'reset s':>7} {'tokens ms/step':>14} {'decode ms/step':>14} | {'token us':>8} {'floor us':>8} "
+              f"{'reset s':>7} {'tokens ms/step':>14} {'decode ms/step':>14} {'ref decode ms':>14} | "
+              f"{'token us':>8} {'floor us':>8} "
               f"{'of floor':>8}")
     print(header)
     print("-" * len(header))
@@ -249,7 +282,8 @@ def print_table(rows: list[Row], machine: dict) -> None:
         print(f"{r.preset:8} {r.batch:>5} {r.horizon:>3} | {fmt(r.engine_tps, '11.1f')} "
               f"{fmt(r.reference_tps, '14.1f')} {fmt(r.ratio, '6.1f')} {fmt(r.ratio_without_decode, '10.1f')} | "
               f"{fmt(r.reset_s, '7.2f')} "
-              f"{fmt(r.sample_ms_per_step, '14.1f')} {fmt(r.decode_ms_per_step, '14.1f')} | "
+              f"{fmt(r.sample_ms_per_step, '14.1f')} {fmt(r.decode_ms_per_step, '14.1f')} "
+              f"{fmt(r.reference_decode_ms_per_step, '14.1f')} | "
               f"{fmt(r.token_step_us, '8.0f')} {fmt(r.floor_token_step_us, '8.0f')} {fmt(r.floor_fraction, '8.0%')}")
         for note in r.notes:
             print(f"{'':14}  {note}")
@@ -265,6 +299,9 @@ def main() -> None:
                         help="skip a path at a batch size when its estimated time exceeds this")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    parser.add_argument("--reference-decoder", choices=("official", "engine"), default="official",
+                        help="precision of the reference's tokenizer calls: the official code's (float32 on a "
+                             "CPU, bf16 autocast on CUDA) or the engine's")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     try:
@@ -282,7 +319,13 @@ def main() -> None:
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
     if bandwidth is not None:
         machine["bandwidth_gb_s"] = bandwidth / 1e9
-    rows = bench(args.preset, batches, args.horizon, args.repeats, args.max_seconds, device, bandwidth)
+    _, _, engine_dtype, engine_decoder = ImaginationConfig().resolve(device)
+    machine["engine_precision"] = f"transformer {str(engine_dtype)[6:]}, tokenizer {str(engine_decoder)[6:]}"
+    ref_autocast = "bfloat16 autocast" if device.type == "cuda" else "float32"
+    machine["reference_precision"] = (f"{ref_autocast} (the official code's)" if args.reference_decoder == "official"
+                                      else f"transformer {ref_autocast}, tokenizer as the engine's")
+    rows = bench(args.preset, batches, args.horizon, args.repeats, args.max_seconds, device, bandwidth,
+                 args.reference_decoder)
     if args.json:
         print(json.dumps({"machine": machine, "rows": [asdict(r) for r in rows]}, indent=1))
     else:

@@ -15,6 +15,9 @@ import torch  # noqa: E402
 # One intra-op thread: on 2 shared cores two threads per test process are often slower, and results stay
 # bit-reproducible across machines with different core counts.
 torch.set_num_threads(int(os.environ.get("IVG_TEST_THREADS", "1")))
+# float32 world-model arithmetic on every CPU (bf16 autocast is used where the CPU has bf16 instructions, so
+# results would depend on the machine); the tests of the bf16 paths turn it on themselves
+os.environ.setdefault("IVG_CPU_BF16", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IVG_SHARED", REPO_ROOT.parent / "shared"))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from world_model.layout import TokenLayout
+from world_model.precision import native_bf16
 from world_model.tokenizer import CompressiveTokenizer, ContextCache
 from world_model.transformer import KVCache, WorldModelTransformer
 
@@ -131,8 +132,11 @@ class ImaginationConfig:
     Attributes:
         compile: ``torch.compile`` the per-token decode step and the frame decoder; ``"auto"``: on CUDA only.
         cuda_graphs: capture each imagined step as a CUDA graph per padded batch size; ``"auto"``: on CUDA.
-        precision: dtype of the transformer's decode weights and KV cache and of the frame decoder's
-            autocast; ``"auto"``: bfloat16 on CUDA (where supported), float32 elsewhere.
+        precision: dtype of the transformer's decode weights and KV cache; ``"auto"``: bfloat16 on CUDA
+            (where supported), float32 elsewhere (CPU bf16 attention kernels are slower than float32 ones).
+        decoder_precision: autocast dtype of the tokenizer's convolutions (context encoding at ``reset``, the
+            frame decoder at every step); ``"auto"``: bfloat16 where it is native (a bf16 GPU, or a CPU with
+            AVX512-BF16 / AMX, see ``world_model.precision``), float32 elsewhere.
         graph_batch_sizes: padded batch sizes graphs are captured for; a batch runs in the smallest one that
             holds it (a larger batch gets a graph of its own size).
         compile_backend: ``torch.compile`` backend, a name or a callable (``"eager"`` traces without code
@@ -142,6 +146,7 @@ class ImaginationConfig:
     compile: Flag = "auto"
     cuda_graphs: Flag = "auto"
     precision: Precision = "auto"
+    decoder_precision: Precision = "auto"
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     compile_backend: str | Callable = "inductor"
 
@@ -149,15 +154,17 @@ class ImaginationConfig:
         for name in ("compile", "cuda_graphs"):
             if getattr(self, name) not in (True, False, "auto"):
                 raise ValueError(f"ImaginationConfig.{name} must be True, False or 'auto', got {getattr(self, name)!r}")
-        if self.precision not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"ImaginationConfig.precision must be 'auto', 'float32' or 'bfloat16', "
-                             f"got {self.precision!r}")
+        for name in ("precision", "decoder_precision"):
+            if getattr(self, name) not in ("auto", "float32", "bfloat16"):
+                raise ValueError(f"ImaginationConfig.{name} must be 'auto', 'float32' or 'bfloat16', "
+                                 f"got {getattr(self, name)!r}")
         if not self.graph_batch_sizes or min(self.graph_batch_sizes) < 1:
             raise ValueError(f"graph_batch_sizes must be positive batch sizes, got {self.graph_batch_sizes}")
         object.__setattr__(self, "graph_batch_sizes", tuple(sorted(set(self.graph_batch_sizes))))
 
-    def resolve(self, device: torch.device) -> tuple[bool, bool, torch.dtype]:
-        """(compile, cuda_graphs, dtype) on ``device``; explicit CUDA graphs off CUDA are an error."""
+    def resolve(self, device: torch.device) -> tuple[bool, bool, torch.dtype, torch.dtype]:
+        """(compile, cuda_graphs, transformer dtype, decoder dtype) on ``device``; explicit CUDA graphs off
+        CUDA are an error."""
         cuda = device.type == "cuda"
         if self.cuda_graphs is True and not cuda:
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device (it is on {device}); "
@@ -168,7 +175,11 @@ class ImaginationConfig:
             dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
         else:
             dtype = getattr(torch, self.precision)
-        return use_compile, use_graphs, dtype
+        if self.decoder_precision == "auto":
+            decoder_dtype = torch.bfloat16 if native_bf16(device) else torch.float32
+        else:
+            decoder_dtype = getattr(torch, self.decoder_precision)
+        return use_compile, use_graphs, dtype, decoder_dtype
 
 
 def padded_batch_size(batch: int, sizes: tuple[int, ...]) -> int:
@@ -272,12 +283,12 @@ class Imaginer:
     def device(self) -> torch.device:
         return self.transformer.llm.lm_head.weight.device
 
-    def _settings(self) -> tuple[bool, bool, torch.dtype]:
-        use_compile, use_graphs, dtype = self.config.resolve(self.device)
-        return use_compile, use_graphs or self._capture is not None, dtype
+    def _settings(self) -> tuple[bool, bool, torch.dtype, torch.dtype]:
+        use_compile, use_graphs, dtype, decoder_dtype = self.config.resolve(self.device)
+        return use_compile, use_graphs or self._capture is not None, dtype, decoder_dtype
 
     def _autocast(self, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-        """Mixed precision for the convolutional tokenizer when the engine runs below float32."""
+        """Mixed precision for the convolutional tokenizer when it runs below float32."""
         if dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
@@ -332,7 +343,7 @@ class Imaginer:
                              f"{self.transformer.config.max_position_embeddings}), got {horizon}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None (all codes), got {top_k}")
-        _, use_graphs, dtype = self._settings()
+        _, use_graphs, dtype, decoder_dtype = self._settings()
         batch = frames.shape[0]
         cache_len = layout.prefix_length + horizon * layout.future_block_length
         with eval_mode(self.transformer, self.tokenizer):
@@ -342,7 +353,7 @@ class Imaginer:
                 state = self._static_rollout(model, rows, cache_len, temperature, top_k)
             else:
                 state = self._new_rollout(model, batch, cache_len, temperature, top_k)
-            with self._autocast(dtype):
+            with self._autocast(decoder_dtype):
                 ctx_codes = self.tokenizer.encode_context(frames)
                 context = self.tokenizer.context_cache(ctx_codes)
             model.prefill(pad_rows(layout.prefix(ctx_codes), state.batch_size), state.cache)
@@ -494,7 +505,7 @@ class Imaginer:
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """The pixel half of :meth:`step`: (B, n) codes -> frames (B, 3, H, W) in [0, 1], float32."""
         active = self._require_active()
-        use_compile, _, dtype = self._settings()
+        use_compile, _, _, dtype = self._settings()
         eager = self.tokenizer.decode_future
         if use_compile and "decode" not in self._compiled:
             self._compiled["decode"] = torch.compile(eager, backend=self.config.compile_backend)

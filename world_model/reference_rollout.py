@@ -28,7 +28,8 @@ from world_model.model import IVideoGPT
 @torch.no_grad()
 def reference_rollout(model: IVideoGPT, context_frames: torch.Tensor, actions: torch.Tensor | None, horizon: int,
                       temperature: float = 1.0, top_k: int | None = 100, generator: torch.Generator | None = None,
-                      per_call_cache: bool = True, autocast: torch.dtype | None = None
+                      per_call_cache: bool = True, autocast: torch.dtype | None = None,
+                      decoder_autocast: torch.dtype | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Imagine ``horizon`` frames by re-reading the whole sequence for every frame (or every token).
 
@@ -44,6 +45,8 @@ def reference_rollout(model: IVideoGPT, context_frames: torch.Tensor, actions: t
         per_call_cache: generate each frame's tokens through a cache made for that call (after re-reading the
             prefix), as ``generate()`` does; False: a full forward over the sequence for every token.
         autocast: run under autocast in this dtype (the official rollout uses bfloat16 on GPU).
+        decoder_autocast: autocast dtype of the tokenizer calls alone (tokenize, context features, frame
+            decoding), e.g. to give them the engine's precision; None: as ``autocast``.
 
     Returns:
         frames (B, horizon, 3, H, W) in [0, 1], rewards (B, horizon) (None without a reward head) and the
@@ -55,11 +58,18 @@ def reference_rollout(model: IVideoGPT, context_frames: torch.Tensor, actions: t
     n, offset = layout.tokens_per_future_frame, layout.dynamics_offset
     width = noise_width(layout.dynamics_vocab_size, top_k)
     precision = contextlib.nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast)
+
+    def pixels() -> contextlib.AbstractContextManager:
+        """The tokenizer's precision: ``decoder_autocast`` when given, else whatever ``autocast`` set."""
+        return contextlib.nullcontext() if decoder_autocast is None else \
+            torch.autocast(device.type, dtype=decoder_autocast)
+
     frames, rewards, all_codes = [], [], []
     with eval_mode(transformer, tokenizer), precision:
         with_zeros = torch.cat([context_frames, torch.zeros_like(context_frames)], dim=1)
-        ctx_codes, _ = tokenizer.tokenize(with_zeros, layout.context_frames)
-        context = tokenizer.context_cache(ctx_codes)
+        with pixels():
+            ctx_codes, _ = tokenizer.tokenize(with_zeros, layout.context_frames)
+            context = tokenizer.context_cache(ctx_codes)
         ids = layout.prefix(ctx_codes)
         slot = torch.full((batch, 1), layout.sdf_id, device=device, dtype=torch.long)
         for t in range(horizon):
@@ -87,7 +97,9 @@ def reference_rollout(model: IVideoGPT, context_frames: torch.Tensor, actions: t
             codes_t = torch.stack(codes, dim=1)
             reward = transformer.rewards(hidden)
             rewards.append(None if reward is None else symexp(reward.float()))
-            frames.append(tokenizer.decode_future(codes_t.unsqueeze(1), context)[:, 0].float().clamp(0.0, 1.0))
+            with pixels():
+                frame = tokenizer.decode_future(codes_t.unsqueeze(1), context)[:, 0]
+            frames.append(frame.float().clamp(0.0, 1.0))
             all_codes.append(codes_t)
     reward_out = None if rewards[0] is None else torch.stack(rewards, dim=1)
     return torch.stack(frames, dim=1), reward_out, torch.stack(all_codes, dim=1)

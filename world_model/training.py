@@ -13,7 +13,6 @@ taken at frame k, ``rewards[:, k]`` of the transition out of frame k). The first
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from mbrl.replay import SegmentBatch
 from world_model.imagination import module_mode
 from world_model.layout import RewardAlignment
 from world_model.model import IVideoGPT, base_layout
+from world_model.precision import autocast
 from world_model.presets import get_preset
 from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig
 from world_model.transformer import WorldModelTransformer
@@ -51,7 +51,7 @@ class OptimConfig:
         max_target_frames: future frames per segment the tokenizer loss reconstructs.
         perceptual_weight: weight of the LPIPS term when a perceptual module is given.
         freeze_codebooks: keep both codebooks fixed (fine-tuning a pre-trained tokenizer, DESIGN §2).
-        mixed_precision: bf16 autocast on CUDA (ignored on CPU, where bf16 is slower than float32).
+        mixed_precision: bf16 autocast where the hardware has bf16 arithmetic (``world_model.precision``).
     """
 
     tokenizer_lr: float = 1e-4
@@ -158,13 +158,6 @@ def to_unit(frames: torch.Tensor) -> torch.Tensor:
     return frames.float() / MAX_PIXEL if frames.dtype == torch.uint8 else frames.float()
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op elsewhere (on CPU bf16 is several times slower than float32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -254,7 +247,7 @@ def tokenizer_update(model: IVideoGPT, optimizer: torch.optim.Optimizer, batch: 
         perceptual: LPIPS module (inputs in [-1, 1]) or None.
         perceptual_weight: weight of the LPIPS terms.
         grad_clip: max gradient norm (0: none).
-        mixed_precision: bf16 autocast on CUDA.
+        mixed_precision: bf16 autocast where native (``world_model.precision``).
 
     Returns:
         ``tokenizer/loss``, ``tokenizer/<part>`` (``recon_l1``, ``ref_recon_l1``, ``commit``, ``dyn_commit``,
@@ -283,7 +276,7 @@ def transformer_update(model: IVideoGPT, optimizer: torch.optim.Optimizer, batch
             for a model with a reward head; on the model's device.
         scheduler: learning-rate schedule stepped after the update, or None.
         grad_clip: max gradient norm (0: none).
-        mixed_precision: bf16 autocast on CUDA.
+        mixed_precision: bf16 autocast where native (``world_model.precision``).
 
     Returns:
         ``transformer/loss``, ``transformer/ce``, ``transformer/reward`` (with a reward head),
@@ -325,7 +318,7 @@ def evaluate_open_loop(model: IVideoGPT, batch: SegmentBatch, temperature: float
             rewards (B, T) to score the reward head.
         temperature, top_k: sampling of the dynamics codes (0 temperature: greedy).
         generator: random source on the model's device, for reproducible scores.
-        mixed_precision: bf16 autocast on CUDA.
+        mixed_precision: bf16 autocast where native (``world_model.precision``).
 
     Returns:
         ``mse``, ``psnr`` of the imagined frames; ``copy_last_mse``, ``copy_last_psnr`` of repeating the last

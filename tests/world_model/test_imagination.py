@@ -206,9 +206,28 @@ def test_bfloat16_replica_is_refreshed_at_every_reset(models, contexts):
     assert head.dtype == torch.float32
 
 
+def test_bfloat16_frame_decoder_decodes_the_same_codes_closely(models, contexts):
+    """decoder_precision=bfloat16 (the default on CPUs with bf16 instructions) changes pixels, not tokens."""
+    model, (context, actions) = models["heads"], contexts
+    layout = model.imaginer.layout
+    fp32 = Imaginer(model.transformer, model.tokenizer, layout, ImaginationConfig(decoder_precision="float32"))
+    bf16 = Imaginer(model.transformer, model.tokenizer, layout, ImaginationConfig(decoder_precision="bfloat16"))
+    codes, raw, frames = engine_rollout(fp32, context[:2], actions[:2], 2, seed=0)
+    bf16.reset(context[:2], horizon=2)
+    decoded = torch.stack([bf16.decode(codes[:, t]) for t in range(2)], 1)
+    assert decoded.dtype == torch.float32 and 0 <= decoded.min() and decoded.max() <= 1
+    assert (decoded - frames).abs().mean() < 0.02
+    assert not torch.equal(decoded, frames)  # it did run in bf16
+
+
 # ----------------------------------------------------------------------------------- settings
-def test_config_resolution_and_errors(models, contexts):
-    assert ImaginationConfig().resolve(torch.device("cpu")) == (False, False, torch.float32)
+def test_config_resolution_and_errors(models, contexts, monkeypatch):
+    cpu = torch.device("cpu")
+    assert ImaginationConfig().resolve(cpu) == (False, False, torch.float32, torch.float32)  # IVG_CPU_BF16=0
+    monkeypatch.setenv("IVG_CPU_BF16", "1")  # a CPU with bf16 instructions: bf16 convolutions, float32 attention
+    assert ImaginationConfig().resolve(cpu) == (False, False, torch.float32, torch.bfloat16)
+    assert ImaginationConfig(decoder_precision="float32").resolve(cpu)[3] == torch.float32
+    monkeypatch.setenv("IVG_CPU_BF16", "0")
     assert ImaginationConfig(compile=True).resolve(torch.device("cpu"))[0] is True
     with pytest.raises(ValueError, match="cuda_graphs=True needs"):
         ImaginationConfig(cuda_graphs=True).resolve(torch.device("cpu"))
@@ -216,6 +235,8 @@ def test_config_resolution_and_errors(models, contexts):
         ImaginationConfig(compile="yes")
     with pytest.raises(ValueError, match="precision"):
         ImaginationConfig(precision="float16")
+    with pytest.raises(ValueError, match="decoder_precision"):
+        ImaginationConfig(decoder_precision="half")
     model, (context, actions) = models["heads"], contexts
     with pytest.raises(ValueError, match="top_k"):
         model.reset(context[:1], horizon=1, top_k=0)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from world_model.layout import TokenLayout
-from world_model.transformer import KVCache, TransformerConfig, WorldModelTransformer, num_parameters
+from world_model.transformer import (KVCache, TransformerConfig, WorldModelTransformer, num_parameters,
+                                     single_query_attention)
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +174,17 @@ def test_parameter_count_formula():
     h, i, v, kv = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_key_value_heads * cfg.head_dim
     per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
     assert num_parameters(model) == 2 * v * h + cfg.num_hidden_layers * per_layer + h
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2), (4, 1)])
+def test_single_query_attention_equals_sdpa(heads, kv_heads):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(3, heads, 1, 8, generator=gen)
+    k, v = torch.randn(2, 3, kv_heads, 10, 8, generator=gen)
+    mask = (torch.arange(10) <= 6).view(1, 1, 1, -1)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=heads != kv_heads)
+    torch.testing.assert_close(single_query_attention(q, k, v, mask), expected, atol=1e-6, rtol=1e-5)
+    # masked positions do not matter
+    k2 = k.clone()
+    k2[:, :, 7:] = 1e4
+    torch.testing.assert_close(single_query_attention(q, k2, v, mask), expected, atol=1e-6, rtol=1e-5)

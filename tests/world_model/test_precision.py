@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from world_model import precision
+from world_model.precision import autocast, cpu_has_native_bf16, native_bf16
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16 avx2", True),
+                                              ("fpu amx_tile amx_bf16", True),
+                                              ("fpu sse avx512f avx512bw", False)])
+def test_native_bf16_cpu_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n")
+    assert cpu_has_native_bf16.__wrapped__(str(info)) is expected
+    assert cpu_has_native_bf16.__wrapped__(str(tmp_path / "missing")) is False
+
+
+def test_environment_forces_the_cpu_answer_and_autocast_follows(monkeypatch):
+    x = torch.ones(2, 2)
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
+    assert native_bf16(torch.device("cpu"))
+    with autocast(torch.device("cpu")):
+        assert (x @ x).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), enabled=False):
+        assert (x @ x).dtype == torch.float32
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
+    assert not native_bf16(torch.device("cpu"))
+    with autocast(torch.device("cpu")):
+        assert (x @ x).dtype == torch.float32
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="IVG_CPU_BF16 must be 0 or 1"):
+        native_bf16(torch.device("cpu"))
+    assert not native_bf16(torch.device("meta"))

@@ -110,6 +110,8 @@ class Logger:
         config: the resolved run config (stored with the W&B run).
         resume_frame: when resuming, CSV rows after this frame are dropped and W&B continues the same run.
         console: print a line per train episode and per evaluation.
+        checkpoint_after_eval: the checkpoint resumed from was taken after the evaluation at its frame, so
+            that evaluation's row is kept (DreamerV3); otherwise it is dropped and logged again (the trainer).
     """
 
     def __init__(
@@ -119,16 +121,17 @@ class Logger:
         config: dict | None = None,
         resume_frame: int | None = None,
         console: bool = True,
+        checkpoint_after_eval: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console = console
         self._csv = {section: CSVWriter(self.run_dir / f"{section}.csv") for section in _CONSOLE}
         if resume_frame is not None:
-            # Checkpoints are taken at an episode end, after its train row and before the evaluation due at
-            # the same frame, which the resumed run therefore repeats.
+            # The trainer checkpoints at an episode end, after its train row and before the evaluation due at
+            # the same frame, which the resumed run therefore repeats; DreamerV3 checkpoints after it.
             self._csv["train"].truncate_after(resume_frame)
-            self._csv["eval"].truncate_after(resume_frame, keep_equal=False)
+            self._csv["eval"].truncate_after(resume_frame, keep_equal=checkpoint_after_eval)
         self._wandb = None
         wandb_cfg = wandb_cfg or WandbConfig()
         if wandb_cfg.mode != "disabled":

@@ -9,6 +9,7 @@ from mbrl.utils import coerce_ints
 from mbrl.video import VIDEO_FORMATS
 
 _COUNTS = ("num_train_frames", "eval_every_frames", "num_eval_episodes", "checkpoint_every_frames")
+RESUME_MODES = ("auto", True, False)
 
 
 @dataclass(kw_only=True)
@@ -32,12 +33,15 @@ class RunSettings:
     video_format: str = "gif"
     replay_capacity: int = 1_000_000
     console: bool = True
+    resume: str | bool = "auto"  # auto: continue when the run folder holds a checkpoint; True: must; False: never
 
     def __post_init__(self) -> None:
         coerce_ints(self, ("seed", "replay_capacity", *_COUNTS))
         for name in _COUNTS:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.resume not in RESUME_MODES:
+            raise ValueError(f"resume={self.resume!r} must be auto, true or false")
         if self.video_format not in VIDEO_FORMATS:
             raise ValueError(f"video_format={self.video_format!r} must be one of {', '.join(VIDEO_FORMATS)}")
         repeat = self.env.action_repeat

@@ -32,8 +32,10 @@ def run_dir_for(runs_dir: str, task: str, agent: str, world_model: str, seed: in
         pass  # the trainer reports the bad name in one line
     name = f"{task}_{agent}_{world_model}_s{seed}"
     if resume is True:
+        # the trainer's checkpoint, or the file a DreamerV3 run writes beside sheeprl's
+        markers = ("checkpoints/latest.pt", "dreamerv3_resume.json")
         earlier = sorted(
-            p for p in Path(runs_dir).glob(f"*_{name}") if (p / "checkpoints" / "latest.pt").is_file()
+            p for p in Path(runs_dir).glob(f"*_{name}") if any((p / marker).is_file() for marker in markers)
         )
         if earlier:
             return str(earlier[-1])

@@ -56,7 +56,6 @@ CHECKPOINT_VERSION = 1
 # Independent seed streams, combined with the run seed and a counter (see mbrl.utils.derive_seed).
 # Evaluation uses mbrl.evaluation.EVAL_SEED_STREAM (1), shared with every agent.
 _TRAIN_EPISODE, _DEMO_EPISODE, _REPLAY = 0, 2, 3
-_RESUME_MODES = ("auto", True, False)
 _WORLD_MODELS = ("none", "ivideogpt")
 # Settings that count frames or episodes (0 allowed: no training / no evaluation / no checkpoints / no demos).
 
@@ -70,7 +69,6 @@ class TrainConfig(RunSettings):
     world_model: str = "none"
     mbpo: MBPOConfig | None = None  # the world_model settings when world_model=ivideogpt
     demos: int = 0
-    resume: str | bool = "auto"
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -78,8 +76,6 @@ class TrainConfig(RunSettings):
         coerce_ints(self, ("demos",))
         if self.demos < 0:
             raise ValueError(f"demos={self.demos} must be >= 0")
-        if self.resume not in _RESUME_MODES:
-            raise ValueError(f"resume={self.resume!r} must be auto, true or false")
         if self.env.episode_length <= self.agent.nstep:
             raise ValueError(
                 f"env.episode_length={self.env.episode_length} must exceed agent.nstep="

@@ -38,12 +38,10 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
     from sheeprl.cli import check_configs, run_algorithm
     from sheeprl.utils.utils import dotdict
 
-    from agents.dreamerv3.session import Session, new_session_id, registered
+    from agents.dreamerv3.session import Session, new_session_id, registered, resume_point
 
     run_dir = Path(run_dir)
-    if any((run_dir / name).exists() for name in ("train.csv", "eval.csv")):
-        # A relaunch into an old folder would append a second run to its CSV files.
-        raise ValueError(f"{run_dir} already holds a run, and DreamerV3 runs cannot resume: use a new folder")
+    resume = resume_point(run_dir, spec.resume)
     sheeprl_dir = run_dir / "sheeprl"
     sheeprl_dir.mkdir(parents=True, exist_ok=True)
     num_threads = configure_threads(spec.num_threads)
@@ -51,11 +49,18 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
     session_id = new_session_id()
     composed = sheeprl_config(spec, sheeprl_dir, session_id, device, num_threads)
     sheeprl_cfg = dotdict(OmegaConf.to_container(composed, resolve=True, throw_on_missing=True))
+    if resume is not None:
+        # sheeprl restores its model, optimizers, replay and counters from its checkpoint
+        sheeprl_cfg.checkpoint.resume_from = resume.checkpoint
     check_configs(sheeprl_cfg)
 
     record = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    logger = Logger(run_dir, spec.wandb, config=record, console=spec.console)
-    session = Session(spec, sheeprl_cfg, logger, run_dir, sheeprl_dir)
+    frame = None if resume is None else resume.frame(spec.env.action_repeat)
+    logger = Logger(run_dir, spec.wandb, config=record, console=spec.console, resume_frame=frame,
+                    checkpoint_after_eval=True)
+    if resume is not None:
+        print(f"resuming DreamerV3 from {resume.checkpoint} at frame {frame} (episode {resume.episode})")
+    session = Session(spec, sheeprl_cfg, logger, run_dir, sheeprl_dir, resume)
     try:
         with registered(session_id, session):
             run_algorithm(sheeprl_cfg)

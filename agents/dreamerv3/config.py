@@ -42,7 +42,6 @@ AUTO_SIZE = {"cuda": "S", "cpu": "XS"}
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 #: The observation key of the image (sheeprl's `algo.cnn_keys.encoder`).
 OBS_KEY = "rgb"
-_RESUME_MODES = ("auto", True, False)
 
 
 @dataclass
@@ -145,13 +144,6 @@ class RunSpec(RunSettings):
             raise ValueError(
                 "demos are not supported with agent=dreamerv3 (sheeprl fills its own replay): pass demos=0"
             )
-        if cfg.get("resume", "auto") not in _RESUME_MODES:
-            raise ValueError(f"resume={cfg.get('resume')!r} must be auto, true or false")
-        if cfg.get("resume") is True:
-            raise ValueError(
-                "resume=true is not supported with agent=dreamerv3 (sheeprl checkpoints are written "
-                "to <run>/sheeprl/checkpoint but continuing from them is not wired); use resume=auto"
-            )
         logging = dict(cfg.get("logging") or {})
         keys = (
             "device",
@@ -163,6 +155,7 @@ class RunSpec(RunSettings):
             "save_video",
             "video_format",
             "replay_capacity",
+            "resume",
         )
         return cls(
             task=cfg["task"],

@@ -10,6 +10,13 @@ running `Session` by id (sheeprl runs in this process, its train envs too: `env.
 - `SessionMetricsLogger` (sheeprl's `metric.logger`): sheeprl's averaged losses, attached to the next
   train row as `train/world_model_loss`, `train/kl`, ...
 
+Resume: after every sheeprl checkpoint (written by sheeprl's own callback: model, optimizers, replay, its
+counters) the session writes `<run>/dreamerv3_resume.json` atomically: the checkpoint's path and our counters
+at it. `agents.dreamerv3.run` reads it back (`resume_point`), hands the path to sheeprl
+(`checkpoint.resume_from`) and starts the session from those counters; the envs start fresh episodes there.
+sheeprl re-seeds its random streams from the run seed on resume, so a resumed run continues from the same
+state but not along the same random draws as an uninterrupted one would.
+
 Evaluation: `num_eval_episodes` episodes of the greedy policy (the actor's mode) on a separate env, rebuilt
 from the state sheeprl hands to the callback, reset with the same seeds as `mbrl.trainer` uses at the same
 agent step; logged as `eval/episode_return` (mean), `eval/success_rate` (fraction of episodes with any
@@ -18,9 +25,12 @@ success). Unlike `mbrl.trainer`, there is no evaluation at frame 0: sheeprl's lo
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +48,56 @@ from mbrl.utils import Timer
 from mbrl.video import VideoRecorder
 
 _SESSIONS: dict[str, Session] = {}
+RESUME_FILE = "dreamerv3_resume.json"
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a DreamerV3 run can continue from: sheeprl's checkpoint and our counters at it."""
+
+    checkpoint: str  # sheeprl's checkpoint file (sheeprl reads it with its own loader)
+    step: int  # agent steps played by all train envs
+    episode: int  # finished train episodes
+    evaluated_frame: int
+    checkpointed_frame: int
+    total_time: float  # wall-clock seconds of the run so far
+
+    def frame(self, action_repeat: int) -> int:
+        return self.step * action_repeat
+
+    def save(self, run_dir: Path) -> None:
+        """Writes `run_dir/dreamerv3_resume.json` atomically (beside and renamed into place)."""
+        path = run_dir / RESUME_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)
+
+
+def resume_point(run_dir: Path, resume: str | bool) -> ResumePoint | None:
+    """The point a launch into `run_dir` continues from, or None for a fresh run (`resume`: auto/True/False).
+
+    Raises:
+        ValueError: resume=true without a checkpoint, resume=false into a run folder, a folder that holds a
+            run with nothing to resume from, or a resume file whose checkpoint is gone.
+    """
+    path = run_dir / RESUME_FILE
+    if path.is_file() and resume is not False:
+        point = ResumePoint(**json.loads(path.read_text()))
+        if not Path(point.checkpoint).is_file():
+            raise ValueError(f"{path} names the sheeprl checkpoint {point.checkpoint}, which does not exist; "
+                             "start a new run in a new folder")
+        return point
+    if resume is True:
+        raise ValueError(f"resume=true but {run_dir} holds no DreamerV3 checkpoint ({RESUME_FILE}); "
+                         "start a new run with resume=auto")
+    if path.is_file():
+        raise ValueError(f"{run_dir} already holds a DreamerV3 run; pass resume=auto to continue it or use a new "
+                         "folder")
+    if any((run_dir / name).exists() for name in ("train.csv", "eval.csv")):
+        # A relaunch would append a second run to its CSV files.
+        raise ValueError(f"{run_dir} already holds a run but no DreamerV3 checkpoint to resume from (it stopped "
+                         "before its first one, or ran with agent.save_checkpoints=false): use a new folder")
+    return None
 
 
 class Session:
@@ -49,25 +109,29 @@ class Session:
         logger: our run logger (CSV files, console, W&B).
         run_dir: the run folder (videos go to `run_dir/videos`).
         sheeprl_dir: sheeprl's own folder (its config, checkpoints, memory-mapped replay).
+        resume: the counters to continue from (sheeprl must be resuming from the same checkpoint).
     """
 
     def __init__(
-        self, spec: RunSpec, sheeprl_cfg: Mapping[str, Any], logger: Logger, run_dir: Path, sheeprl_dir: Path
+        self, spec: RunSpec, sheeprl_cfg: Mapping[str, Any], logger: Logger, run_dir: Path, sheeprl_dir: Path,
+        resume: ResumePoint | None = None,
     ) -> None:
         from sheeprl.utils.callback import CheckpointCallback
 
         self.spec = spec
         self.sheeprl_cfg = sheeprl_cfg
         self.logger = logger
+        self.run_dir = run_dir
         self.sheeprl_dir = sheeprl_dir
-        self.step = 0  # agent steps played by all train envs
-        self.episode = 0  # finished train episodes
+        self.step = resume.step if resume else 0  # agent steps played by all train envs
+        self.episode = resume.episode if resume else 0  # finished train episodes
         self.timer = Timer()
-        self._row_frame = 0  # frame of the last train row
+        self._time_before = resume.total_time if resume else 0.0  # wall clock of the runs this one resumes
+        self._row_frame = self.frame  # frame of the last train row
         self._row_seconds = 0.0  # wall clock since the last train row, evaluations excluded
         self._pending: dict[str, float] = {}  # sheeprl metrics waiting for the next train row
-        self._evaluated_frame = 0
-        self._checkpointed_frame = 0
+        self._evaluated_frame = resume.evaluated_frame if resume else 0
+        self._checkpointed_frame = resume.checkpointed_frame if resume else 0
         self._eval_env: DictFrameEnv | None = None
         self._video = VideoRecorder(run_dir / "videos", spec.video_format, enabled=spec.save_video)
         self._checkpointer = CheckpointCallback(keep_last=spec.agent.keep_checkpoints)
@@ -76,6 +140,11 @@ class Session:
     def frame(self) -> int:
         """Env frames so far (agent steps x action repeat)."""
         return self.step * self.spec.env.action_repeat
+
+    @property
+    def total_time(self) -> float:
+        """Wall-clock seconds of the run, the launches it resumes included."""
+        return self._time_before + self.timer.total()
 
     # ------------------------------------------------------------------------------ train envs
     def on_env_step(self) -> None:
@@ -92,7 +161,7 @@ class Session:
             "train/episode_length": agent_steps * self.spec.env.action_repeat,
             "train/fps": (self.frame - self._row_frame) / max(self._row_seconds, 1e-9),
             **self._pending,
-            "total_time": self.timer.total(),
+            "total_time": self.total_time,
         }
         self._pending = {}
         self._row_frame, self._row_seconds = self.frame, 0.0
@@ -118,14 +187,18 @@ class Session:
                 f"{self.step}: the frame axis would be wrong"
             )
         final = self.step >= self.spec.final_step
-        if final or _crossed(self._checkpointed_frame, self.frame, self.spec.checkpoint_every_frames):
-            self._checkpointed_frame = self.frame
-            if self.spec.agent.save_checkpoints:
-                self._checkpointer.on_checkpoint_coupled(fabric, ckpt_path, state, replay_buffer)
+        # evaluation first: the checkpoint then includes it, and a resumed run keeps its row (the logger is
+        # told so) instead of losing it, since sheeprl's loop has no hook to repeat it before going on
         if final or _crossed(self._evaluated_frame, self.frame, self.spec.eval_every_frames):
             self._evaluated_frame = self.frame
             if self.spec.num_eval_episodes > 0:
                 self.evaluate(fabric, state)
+        if final or _crossed(self._checkpointed_frame, self.frame, self.spec.checkpoint_every_frames):
+            self._checkpointed_frame = self.frame
+            if self.spec.agent.save_checkpoints:
+                self._checkpointer.on_checkpoint_coupled(fabric, ckpt_path, state, replay_buffer)
+                ResumePoint(str(Path(ckpt_path).resolve()), self.step, self.episode, self._evaluated_frame,
+                            self._checkpointed_frame, self.total_time).save(self.run_dir)
 
     def evaluate(self, fabric: Fabric, state: dict[str, Any]) -> None:
         """Greedy episodes with the policy in `state` (sheeprl's checkpoint state); logs `eval/*`."""
@@ -143,7 +216,7 @@ class Session:
                 video=self._video, on_reset=player.init_states)
         if metrics is None:
             return
-        row = {"step": self.step, "episode": self.episode, **metrics, "total_time": self.timer.total()}
+        row = {"step": self.step, "episode": self.episode, **metrics, "total_time": self.total_time}
         self.logger.log("eval", row, self.frame)
         video = self._video.save(f"eval_{self.frame}")
         if video is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def test_dict_env_gives_the_newest_frame_and_reports_episodes():
         ("env.image_size=48", "power of two"),
         ("+agent.batch_size=64", "agent.batch_size is not a DreamerV3 setting"),
         ("agent.size=XXL", "agent.size"),
-        ("resume=true", "resume=true"),
+        ("resume=maybe", "resume='maybe' must be auto, true or false"),
         ("replay_capacity=5", "replay_capacity"),
     ],
 )
@@ -169,8 +170,43 @@ def test_run_logs_our_metrics_against_env_frames(tmp_path):
     sheeprl_cfg = yaml.safe_load((tmp_path / "sheeprl" / "config.yaml").read_text())
     assert sheeprl_cfg["algo"]["name"] == "dreamer_v3" and sheeprl_cfg["env"]["action_repeat"] == 1
     assert list((tmp_path / "sheeprl" / "checkpoint").glob("ckpt_200_*.ckpt"))  # agent step 200 = frame 400
-    with pytest.raises(ValueError, match="cannot resume"):  # a relaunch would mix two runs in the CSVs
-        run(train_config(), tmp_path)
+    point = json.loads((tmp_path / "dreamerv3_resume.json").read_text())
+    assert (point["step"], point["episode"], point["evaluated_frame"]) == (200, 10, 400)
+
+    with pytest.raises(ValueError, match="already holds a DreamerV3 run"):
+        run(train_config("resume=false"), tmp_path)
+    # relaunched with a larger budget, the run continues from its checkpoint at frame 400
+    run(train_config("num_train_frames=600", "logging.wandb.mode=offline"), tmp_path)
+    assert [int(r["frame"]) for r in read_csv(tmp_path / "eval.csv")] == [200, 400, 600]
+    train = read_csv(tmp_path / "train.csv")
+    assert [int(r["frame"]) for r in train] == list(range(40, 601, 40))
+    assert [int(r["episode"]) for r in train] == list(range(1, 16))
+    assert float(train[-1]["total_time"]) > float(train[9]["total_time"])
+    assert any(r.get("train/world_model_loss") for r in train[10:])  # the resumed run trains
+    # at every hook the session checks sheeprl's step against its own (200 + steps played): a sheeprl that
+    # had started over from step 0 would have stopped the run with an error
+    assert json.loads((tmp_path / "dreamerv3_resume.json").read_text())["step"] == 300
+    assert list((tmp_path / "sheeprl" / "checkpoint").glob("ckpt_300_*.ckpt"))
+
+
+def test_resume_point_refuses_what_it_cannot_continue(tmp_path):
+    from agents.dreamerv3.session import ResumePoint, resume_point
+
+    assert resume_point(tmp_path, "auto") is None
+    with pytest.raises(ValueError, match="resume=true but"):
+        resume_point(tmp_path, True)
+    (tmp_path / "train.csv").write_text("frame\n40\n")
+    with pytest.raises(ValueError, match="no DreamerV3 checkpoint to resume from"):
+        resume_point(tmp_path, "auto")
+    ckpt = tmp_path / "ckpt_10_0.ckpt"
+    ResumePoint(str(ckpt), 10, 1, 0, 20, 1.5).save(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        resume_point(tmp_path, "auto")
+    ckpt.write_bytes(b"")
+    assert resume_point(tmp_path, True) == ResumePoint(str(ckpt), 10, 1, 0, 20, 1.5)
+    assert resume_point(tmp_path, "auto").frame(2) == 20
+    with pytest.raises(ValueError, match="resume=auto to continue"):
+        resume_point(tmp_path, False)
 
 
 @pytest.mark.slow

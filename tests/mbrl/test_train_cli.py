@@ -213,6 +213,10 @@ def test_resume_true_finds_the_newest_run_with_a_checkpoint(tmp_path):
     fresh = run_dir_for(str(tmp_path), "door_open", "drqv2", "none", 2, True)  # no earlier seed-2 run
     assert fresh.startswith(str(tmp_path)) and fresh.endswith("_door_open_drqv2_none_s2")
     assert run_dir_for(str(tmp_path), "door_open", "drqv2", "none", 1, "auto") != found
+    dreamer = tmp_path / "2024-01-01_00-00-00_door_open_dreamerv3_none_s1"
+    dreamer.mkdir()
+    (dreamer / "dreamerv3_resume.json").write_text("{}")
+    assert run_dir_for(str(tmp_path), "door_open", "dreamerv3", "none", 1, True) == str(dreamer)
 
 
 def test_dreamerv3_implies_no_mbpo_world_model_unless_named():

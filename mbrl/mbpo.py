@@ -36,7 +36,7 @@ from mbrl.utils import coerce_ints
 from mbrl.video import VideoRecorder
 from world_model.lpips import build_perceptual
 from world_model.model import IVideoGPT
-from world_model.training import OptimConfig, WorldModelTrainer
+from world_model.training import OptimConfig, WorldModelTrainer, build_model
 from world_model.transformer import num_parameters
 
 PRESET_AUTO = "auto"
@@ -267,22 +267,28 @@ def resolve_preset(preset: str, device: torch.device) -> tuple[str, str]:
     return "cpu", "auto: no CUDA device; the paper's 250M-parameter model is impractical on a CPU"
 
 
-def build_world_model(cfg: MBPOConfig, action_dim: int, device: torch.device) -> tuple[IVideoGPT, str]:
+def build_world_model(cfg: MBPOConfig, action_dim: int, device: torch.device,
+                      image_size: int | None = None) -> tuple[IVideoGPT, str]:
     """An action-conditioned iVideoGPT with a reward head, from scratch or a published checkpoint.
+
+    Args:
+        image_size: side of the env's frames: a fresh tokenizer is built for it (token counts follow); a
+            checkpoint keeps its own. None: the preset's (64).
 
     Returns:
         the model on `device` (codebooks frozen or not as configured) and a one-line description.
     """
     if cfg.pretrained is not None:
-        model = IVideoGPT.from_pretrained(cfg.pretrained, action_dim=action_dim, reward_head=True,
-                                          attention_dropout=cfg.attention_dropout,
-                                          reward_alignment=cfg.reward_alignment)
+        # its frame size is checked against the env's by the caller, which names the fix
+        model = build_model(pretrained=cfg.pretrained, action_dim=action_dim, reward_head=True,
+                            attention_dropout=cfg.attention_dropout, reward_alignment=cfg.reward_alignment)
         origin = f"fine-tuned from {cfg.pretrained}"
     else:
         preset, why = resolve_preset(cfg.preset, device)
-        model = IVideoGPT.from_preset(preset, action_dim=action_dim, reward_head=True,
-                                      reward_alignment=cfg.reward_alignment)
-        origin = f"preset {preset} ({why}), from scratch"
+        model = build_model(preset, action_dim=action_dim, reward_head=True, image_size=image_size,
+                            reward_alignment=cfg.reward_alignment)
+        size = f", {image_size}x{image_size} frames" if image_size is not None else ""
+        origin = f"preset {preset} ({why}{size}), from scratch"
     if model.action_dim != action_dim:
         raise ValueError(f"the world model takes {model.action_dim}-d actions but the env has {action_dim}")
     params = num_parameters(model.tokenizer) + num_parameters(model.transformer)
@@ -382,7 +388,7 @@ class MBPO:
         # starts exactly as with world_model=none, so both compare on the same early data.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(_seed(seed, 5))
-            self.model, description = build_world_model(cfg, replay.action_dim, self.device)
+            self.model, description = build_world_model(cfg, replay.action_dim, self.device, frame_shape[1])
         resolution = self.model.tokenizer.config.resolution
         if frame_shape[1:] != (resolution, resolution):
             raise ValueError(f"env frames are {frame_shape[1]}x{frame_shape[2]} but the world model's tokenizer "

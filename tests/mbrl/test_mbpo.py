@@ -83,18 +83,18 @@ def test_codebooks_are_frozen_when_fine_tuning(tiny_checkpoint):
 EPISODE = 12
 
 
-def filled_replay(episodes: int = 3, seed: int = 0) -> ReplayBuffer:
+def filled_replay(episodes: int = 3, seed: int = 0, size: int = 64) -> ReplayBuffer:
     rng = np.random.default_rng(seed)
-    replay = ReplayBuffer(200, (3, 64, 64), 4, frame_stack=3, nstep=3, discount=0.99, seed=seed)
+    replay = ReplayBuffer(200, (3, size, size), 4, frame_stack=3, nstep=3, discount=0.99, seed=seed)
     for _ in range(episodes):
-        replay.add_episode(rng.integers(0, 256, (EPISODE + 1, 3, 64, 64), dtype=np.uint8),
+        replay.add_episode(rng.integers(0, 256, (EPISODE + 1, 3, size, size), dtype=np.uint8),
                            rng.uniform(-1, 1, (EPISODE, 4)), rng.uniform(0, 1, EPISODE))
     return replay
 
 
-def tiny_agent() -> DrQV2Agent:
+def tiny_agent(size: int = 64) -> DrQV2Agent:
     torch.manual_seed(0)
-    return DrQV2Agent((9, 64, 64), 4, DrQV2Config(hidden_dim=16, feature_dim=8, num_filters=4, num_conv_layers=1,
+    return DrQV2Agent((9, size, size), 4, DrQV2Config(hidden_dim=16, feature_dim=8, num_filters=4, num_conv_layers=1,
                                                   num_expl_steps=0), "cpu")
 
 
@@ -190,6 +190,19 @@ def test_building_the_world_model_leaves_the_global_random_stream_alone(tmp_path
     assert torch.equal(torch.rand(4), expected)  # the agent explores as with world_model=none
 
 
+def test_a_fresh_world_model_is_built_for_the_env_frame_size(tmp_path, tiny_checkpoint):
+    mbpo = tiny_mbpo(filled_replay(size=32), tmp_path, tiny_agent(32))
+    layout = mbpo.model.layout(3)
+    assert mbpo.model.tokenizer.config.resolution == 32
+    assert (layout.tokens_per_context_frame, layout.tokens_per_future_frame) == (64, 4)  # 8x8 latent, 4x4 patches
+    mbpo.on_frame(0)  # initial training, then the first rollouts
+    mbpo.on_frame(4)
+    assert mbpo.status()["imagination/rollouts"] > 0
+    assert mbpo.agent_batch(8).obs.shape == (8, 9, 32, 32)
+    with pytest.raises(ValueError, match="use env.image_size=64"):  # a checkpoint keeps its frame size
+        tiny_mbpo(filled_replay(size=32), tmp_path, tiny_agent(32), pretrained=str(tiny_checkpoint))
+
+
 def test_a_published_checkpoint_is_fine_tuned_with_new_heads_and_frozen_codebooks(tmp_path, tiny_checkpoint):
     mbpo = tiny_mbpo(filled_replay(), tmp_path, pretrained=str(tiny_checkpoint), preset="paper64")
     model = mbpo.model
@@ -200,12 +213,6 @@ def test_a_published_checkpoint_is_fine_tuned_with_new_heads_and_frozen_codebook
     before = codebook.clone()
     mbpo.on_frame(0)  # initial training updates everything else
     assert torch.equal(codebook, before) and torch.count_nonzero(model.transformer.action_linear.weight) > 0
-
-
-def test_image_size_must_match_the_tokenizer(tmp_path):
-    replay = ReplayBuffer(100, (3, 32, 32), 4, frame_stack=3, nstep=3, discount=0.99)
-    with pytest.raises(ValueError, match="env.image_size=64"):
-        tiny_mbpo(replay, tmp_path)
 
 
 def test_draw_text_writes_digits():

@@ -1,0 +1,51 @@
+"""experiments/learning_check.py: the commands it builds and the summary it writes from finished runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "experiments" / "learning_check.py"
+spec = importlib.util.spec_from_file_location("learning_check", SCRIPT)
+learning_check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(learning_check)
+
+
+def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for r in rows for k in r})
+    lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_summary_puts_both_runs_and_the_validation_side_by_side(tmp_path):
+    write_csv(tmp_path / "drqv2" / "eval.csv", [{"frame": 0, "eval/success_rate": 0.0, "eval/episode_return": 300},
+                                                {"frame": 1000, "eval/success_rate": 0.2, "eval/episode_return": 900}])
+    write_csv(tmp_path / "mbpo" / "eval.csv", [{"frame": 1000, "eval/success_rate": 0.4, "eval/episode_return": 1200}])
+    write_csv(tmp_path / "mbpo" / "train.csv", [
+        {"frame": 500, "train/episode_return": 1.0},
+        {"frame": 600, "val/mse": 0.001, "val/copy_last_mse": 0.004, "val/recon_mse": 0.0005, "val/psnr": 30.0},
+    ])
+    table = learning_check.summary(tmp_path).splitlines()
+    assert "| 0 | 0.00 | 300 | - | - |" in table
+    assert "| 1000 | 0.20 | 900 | 0.40 | 1200 |" in table
+    assert "| 600 | 0.00100 | 0.00400 | 0.25 | 0.00050 | 30.0 |" in table
+
+
+def test_runs_compare_the_same_task_seed_and_frames_with_and_without_the_world_model(tmp_path):
+    a = argparse.Namespace(task="reach", seed=3, demos=5, threads=1, frames=4000, eval_every=1000, image_size=32)
+    drqv2, mbpo = (learning_check.train_args(a, tmp_path, m) for m in ("drqv2", "mbpo"))
+    assert "world_model=none" in drqv2 and "world_model=ivideogpt" in mbpo
+    assert f"world_model.pretrained={tmp_path / 'pretrain' / 'checkpoint'}" in mbpo
+    shared = {arg for arg in drqv2 if not arg.startswith(("world_model", "hydra.run.dir"))}
+    assert shared <= set(mbpo) and {"task=reach", "seed=3", "num_train_frames=4000", "env.image_size=32"} <= shared
+
+
+def test_the_target_task_is_refused_as_pretraining_data(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--task", "push", "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and "--task push is among --pretrain-tasks" in out.stderr

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def wandb_record(run_dir: Path, expected: bytes, wait_s: float = 60.0) -> bytes:
@@ -21,3 +26,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     """The rows of a CSV file as dicts of strings."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def run_train_cli(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m mbrl.train *overrides` from the repository root (output captured, W&B quiet, short Hydra
+    errors); with `check`, a non-zero exit fails the test with the end of its stderr."""
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run([sys.executable, "-m", "mbrl.train", *overrides], check=False, cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mbrl.train failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result

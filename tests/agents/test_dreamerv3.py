@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from helpers import read_csv, wandb_record
+from helpers import read_csv, run_train_cli, wandb_record
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -223,26 +220,8 @@ def test_evaluation_leaves_training_unchanged_and_runs_repeat(tmp_path):
 
 @pytest.mark.slow
 def test_cli_trains_dreamerv3(tmp_path):
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
     overrides = [o for o in TINY if not o.startswith("logging.wandb.mode")]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mbrl.train",
-            *overrides,
-            "task=door_open",
-            "logging.wandb.mode=offline",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=REPO,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_train_cli(*overrides, "task=door_open", "logging.wandb.mode=offline", f"hydra.run.dir={tmp_path}")
     evals = read_csv(tmp_path / "eval.csv")
     assert [int(r["frame"]) for r in evals] == [200, 400]
     assert {"eval/success_rate", "eval/episode_return"} <= set(evals[0])

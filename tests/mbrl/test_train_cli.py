@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_csv, run_train_cli, wandb_record
 from hydra import compose, initialize_config_dir
 
 from mbrl.checkpoint import load_checkpoint
 from mbrl.replay import ReplayBuffer
 from mbrl.train import run_dir_for
 from mbrl.trainer import TrainConfig
-from helpers import read_csv, wandb_record
 
 REPO = Path(__file__).resolve().parents[2]
 # Tiny networks and episodes: each launch is a few seconds, mostly imports and env creation.
@@ -37,26 +34,10 @@ TINY = [
 ]
 
 
-def run_cli(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    result = subprocess.run(
-        [sys.executable, "-m", "mbrl.train", *overrides],
-        check=False,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"mbrl.train failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
-
-
 @pytest.mark.slow
 def test_train_end_to_end_writes_every_output(tmp_path):
     run = tmp_path / "run"
-    result = run_cli(
+    result = run_train_cli(
         *TINY,
         "env.image_size=64",
         "env.episode_length=20",
@@ -99,12 +80,12 @@ def test_train_end_to_end_writes_every_output(tmp_path):
 def test_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
     common = [*TINY, "checkpoint_every_frames=40", "eval_every_frames=0"]
     full, split = tmp_path / "full", tmp_path / "split"
-    run_cli(*common, "num_train_frames=120", f"hydra.run.dir={full}")
-    run_cli(
+    run_train_cli(*common, "num_train_frames=120", f"hydra.run.dir={full}")
+    run_train_cli(
         *common, "num_train_frames=60", f"hydra.run.dir={split}"
     )  # 3 episodes of 20 frames, then "killed"
     assert load_checkpoint(split / "checkpoints" / "latest.pt")["counters"]["frame"] == 60
-    resumed = run_cli(*common, "num_train_frames=120", f"hydra.run.dir={split}")  # same folder: continues
+    resumed = run_train_cli(*common, "num_train_frames=120", f"hydra.run.dir={split}")  # same folder: continues
     assert "resumed from" in resumed.stdout + resumed.stderr
 
     a = load_checkpoint(full / "checkpoints" / "latest.pt")
@@ -129,14 +110,14 @@ def test_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_launches_one_folder_per_job(tmp_path):
-    run_cli("-m", *TINY, "num_train_frames=20", "seed=1,2", f"runs_dir={tmp_path}")
+    run_train_cli("-m", *TINY, "num_train_frames=20", "seed=1,2", f"runs_dir={tmp_path}")
     jobs = sorted(p.parent.name for p in tmp_path.glob("multirun/*/*/eval.csv"))
     assert jobs == ["0_reach_drqv2_none_s1", "1_reach_drqv2_none_s2"]
 
 
 @pytest.mark.slow
 def test_unknown_task_is_one_line_with_close_matches(tmp_path):
-    result = run_cli(*TINY, "task=door_opne", f"hydra.run.dir={tmp_path}", check=False)
+    result = run_train_cli(*TINY, "task=door_opne", f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "door_open" in lines[0], result.stderr
@@ -144,7 +125,7 @@ def test_unknown_task_is_one_line_with_close_matches(tmp_path):
 
 @pytest.mark.slow
 def test_impossible_value_is_one_line(tmp_path):
-    result = run_cli(*TINY, "env.frame_stack=0", f"hydra.run.dir={tmp_path}", check=False)
+    result = run_train_cli(*TINY, "env.frame_stack=0", f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "frame_stack" in lines[0], result.stderr

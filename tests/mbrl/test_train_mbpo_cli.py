@@ -2,14 +2,11 @@
 the schedule's counts, the agent-batch mix, validation outputs and exact resume."""
 from __future__ import annotations
 
-import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_csv, run_train_cli
 
 from mbrl.checkpoint import load_checkpoint
 
@@ -31,20 +28,6 @@ TINY = [
 ]
 
 
-def run_cli(*overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    result = subprocess.run([sys.executable, "-m", "mbrl.train", *overrides], cwd=REPO, env=env, check=False,
-                            capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        raise AssertionError(f"mbrl.train failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def number(row: dict[str, str], key: str) -> float:
     return float(row[key])
 
@@ -54,9 +37,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """One uninterrupted 120-frame run, and one stopped at 60 frames then relaunched to 120 in its folder."""
     root = tmp_path_factory.mktemp("mbpo")
     full, split = root / "full", root / "split"
-    first = run_cli(*TINY, "num_train_frames=120", f"hydra.run.dir={full}")
-    run_cli(*TINY, "num_train_frames=60", "save_video=false", f"hydra.run.dir={split}")
-    resumed = run_cli(*TINY, "num_train_frames=120", "save_video=false", f"hydra.run.dir={split}")
+    first = run_train_cli(*TINY, "num_train_frames=120", f"hydra.run.dir={full}")
+    run_train_cli(*TINY, "num_train_frames=60", "save_video=false", f"hydra.run.dir={split}")
+    resumed = run_train_cli(*TINY, "num_train_frames=120", "save_video=false", f"hydra.run.dir={split}")
     (full / "console.txt").write_text(first.stderr + first.stdout)
     (split / "console.txt").write_text(resumed.stderr + resumed.stdout)
     return {"full": full, "split": split}

@@ -41,8 +41,11 @@ def run(args: list[str], log: Path | None = None, wait: bool = True) -> subproce
     """Runs ``python -m ...args`` (an argument list: nothing is parsed by a shell), logging to ``log``."""
     cmd = [sys.executable, "-m", *args]
     print("$ python -m " + " ".join(args), flush=True)
-    out = open(log, "a") if log is not None else None
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None)
+    if log is None:
+        proc = subprocess.Popen(cmd)
+    else:
+        with open(log, "a") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     if not wait:
         return proc
     if proc.wait() != 0:

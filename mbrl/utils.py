@@ -58,7 +58,7 @@ def coerce_ints(obj: object, names: tuple[str, ...], prefix: str = "") -> None:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{prefix}{name}={value!r} must be a whole number")
+            raise ValueError(f"{prefix}{name}={value!r} must be a whole number")  # noqa: TRY004 (a config error)
         setattr(obj, name, value)
 
 

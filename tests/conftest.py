@@ -9,8 +9,8 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # One intra-op thread: on 2 shared cores two threads per test process are often slower, and results stay
 # bit-reproducible across machines with different core counts.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from helpers import read_csv, wandb_record
 
 from mbrl.logger import CSVWriter, Logger, WandbConfig, save_run_info
-from helpers import read_csv, wandb_record
 
 TRAIN_ROW = {"step": 50, "episode": 1, "train/episode_return": 12.5, "train/success": 0.0}
 EVAL_ROW = {"step": 50, "episode": 1, "eval/episode_return": 30.0, "eval/success_rate": 0.25}

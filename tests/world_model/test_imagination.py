@@ -212,7 +212,7 @@ def test_bfloat16_frame_decoder_decodes_the_same_codes_closely(models, contexts)
     layout = model.imaginer.layout
     fp32 = Imaginer(model.transformer, model.tokenizer, layout, ImaginationConfig(decoder_precision="float32"))
     bf16 = Imaginer(model.transformer, model.tokenizer, layout, ImaginationConfig(decoder_precision="bfloat16"))
-    codes, raw, frames = engine_rollout(fp32, context[:2], actions[:2], 2, seed=0)
+    codes, _, frames = engine_rollout(fp32, context[:2], actions[:2], 2, seed=0)
     bf16.reset(context[:2], horizon=2)
     decoded = torch.stack([bf16.decode(codes[:, t]) for t in range(2)], 1)
     assert decoded.dtype == torch.float32 and 0 <= decoded.min() and decoded.max() <= 1

@@ -7,8 +7,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from world_model.layout import TokenLayout
-from world_model.transformer import (KVCache, TransformerConfig, WorldModelTransformer, num_parameters,
-                                     single_query_attention)
+from world_model.transformer import (
+    KVCache,
+    TransformerConfig,
+    WorldModelTransformer,
+    num_parameters,
+    single_query_attention,
+)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ success). Unlike `mbrl.trainer`, there is no evaluation at frame 0: sheeprl's lo
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -46,6 +45,7 @@ from mbrl.evaluation import run_eval_episodes
 from mbrl.logger import Logger
 from mbrl.utils import Timer
 from mbrl.video import VideoRecorder
+from world_model.io import atomic_write
 
 _SESSIONS: dict[str, Session] = {}
 RESUME_FILE = "dreamerv3_resume.json"
@@ -67,10 +67,8 @@ class ResumePoint:
 
     def save(self, run_dir: Path) -> None:
         """Writes `run_dir/dreamerv3_resume.json` atomically (beside and renamed into place)."""
-        path = run_dir / RESUME_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        text = json.dumps(asdict(self), indent=1)
+        atomic_write(run_dir / RESUME_FILE, lambda tmp: Path(tmp).write_text(text))
 
 
 def resume_point(run_dir: Path, resume: str | bool) -> ResumePoint | None:

@@ -128,7 +128,7 @@ def reference_precisions(model: IVideoGPT, device: torch.device, decoder: str
     autocast = torch.bfloat16 if device.type == "cuda" else None
     if decoder == "official":
         return autocast, None
-    engine_decoder = model.imaginer.config.resolve(device)[3]
+    engine_decoder = model.imaginer.config.resolve(device).decoder_dtype
     return autocast, None if engine_decoder == torch.float32 else engine_decoder
 
 
@@ -205,13 +205,16 @@ def estimate(history: list[tuple[int, float]], batch: int, runs: int) -> float |
 
 
 def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_seconds: float,
-          device: torch.device, bandwidth: float | None, reference_decoder: str = "official") -> list[Row]:
+          device: torch.device, bandwidth: float | None, reference_decoder: str = "official",
+          engine: ImaginationConfig | None = None) -> list[Row]:
     """Both paths at every batch size (ascending); ``bandwidth`` (bytes/s) gives the token-step floor;
-    ``reference_decoder``: ``official`` or ``engine`` precision for the reference's tokenizer calls."""
+    ``reference_decoder``: ``official`` or ``engine`` precision for the reference's tokenizer calls;
+    ``engine``: the engine's knobs (default ``ImaginationConfig()``)."""
     torch.manual_seed(0)
-    model = IVideoGPT.from_preset(preset, action_dim=ACTION_DIM, reward_head=True).to(device).eval()
+    model = IVideoGPT.from_preset(preset, action_dim=ACTION_DIM, reward_head=True,
+                                  imagination=engine).to(device).eval()
     layout = model.layout(horizon)
-    dtype = model.imaginer.config.resolve(device)[2]
+    dtype = model.imaginer.config.resolve(device).dtype
     precisions = reference_precisions(model, device, reference_decoder)
     engine_history: list[tuple[int, float]] = []
     reference_history: list[tuple[int, float]] = []
@@ -270,7 +273,8 @@ def print_table(rows: list[Row], machine: dict) -> None:
     print(f"device {machine['device']}, torch {machine['torch']}, threads {machine['threads']}, "
           f"load average at start {machine['load_average']}"
           + (f", copy bandwidth {machine['bandwidth_gb_s']:.0f} GB/s" if machine.get("bandwidth_gb_s") else ""))
-    print(f"precision: engine {machine['engine_precision']}; reference {machine['reference_precision']}")
+    print(f"precision: engine {machine['engine_precision']}{', compiled' if machine['engine_compiled'] else ''}; "
+          f"reference {machine['reference_precision']}")
     header = (f"{'preset':8} {'batch':>5} {'H':>3} | {'engine tr/s':>11} {'reference tr/s':>14} {'ratio':>6} "
               f"{'w/o decode':>10} | "
               f"{'reset s':>7} {'tokens ms/step':>14} {'decode ms/step':>14} {'ref decode ms':>14} | "
@@ -302,6 +306,9 @@ def main() -> None:
     parser.add_argument("--reference-decoder", choices=("official", "engine"), default="official",
                         help="precision of the reference's tokenizer calls: the official code's (float32 on a "
                              "CPU, bf16 autocast on CUDA) or the engine's")
+    parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                        help="torch.compile the engine's token step and frame decoder (auto: on CUDA only; on a "
+                             "CPU it needs a C++ compiler, and compiling is not timed)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     try:
@@ -319,13 +326,16 @@ def main() -> None:
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
     if bandwidth is not None:
         machine["bandwidth_gb_s"] = bandwidth / 1e9
-    _, _, engine_dtype, engine_decoder = ImaginationConfig().resolve(device)
-    machine["engine_precision"] = f"transformer {str(engine_dtype)[6:]}, tokenizer {str(engine_decoder)[6:]}"
+    config = ImaginationConfig(compile={"auto": "auto", "true": True, "false": False}[args.compile])
+    engine = config.resolve(device)
+    machine["engine_precision"] = (f"transformer {str(engine.dtype)[6:]} (prefill {str(engine.prefill_dtype)[6:]}), "
+                                   f"tokenizer {str(engine.decoder_dtype)[6:]}")
+    machine["engine_compiled"] = engine.compile
     ref_autocast = "bfloat16 autocast" if device.type == "cuda" else "float32"
     machine["reference_precision"] = (f"{ref_autocast} (the official code's)" if args.reference_decoder == "official"
                                       else f"transformer {ref_autocast}, tokenizer as the engine's")
     rows = bench(args.preset, batches, args.horizon, args.repeats, args.max_seconds, device, bandwidth,
-                 args.reference_decoder)
+                 args.reference_decoder, config)
     if args.json:
         print(json.dumps({"machine": machine, "rows": [asdict(r) for r in rows]}, indent=1))
     else:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from world_model.imagination import (
+    EngineSettings,
     ImaginationConfig,
     Imaginer,
     draw_noise,
@@ -220,15 +221,36 @@ def test_bfloat16_frame_decoder_decodes_the_same_codes_closely(models, contexts)
     assert not torch.equal(decoded, frames)  # it did run in bf16
 
 
+def test_bfloat16_prefill_fills_a_float32_cache_closely(models, contexts):
+    """prefill_precision=bfloat16 (the default on CPUs with bf16 instructions) runs the context prefill under
+    autocast; the cache and the decode steps stay float32."""
+    model, (context, _) = models["heads"], contexts
+    layout = model.imaginer.layout
+    caches = {}
+    for precision in ("float32", "bfloat16"):
+        imaginer = Imaginer(model.transformer, model.tokenizer, layout,
+                            ImaginationConfig(prefill_precision=precision, decoder_precision="float32"))
+        imaginer.reset(context[:2], horizon=1)
+        caches[precision] = imaginer._require_active().state.cache
+    fp32, bf16 = caches["float32"], caches["bfloat16"]
+    assert bf16.k.dtype == torch.float32
+    prefix = layout.prefix_length
+    torch.testing.assert_close(bf16.k[..., :prefix, :], fp32.k[..., :prefix, :], atol=0.05, rtol=0.05)
+    torch.testing.assert_close(bf16.v[..., :prefix, :], fp32.v[..., :prefix, :], atol=0.05, rtol=0.05)
+    assert not torch.equal(bf16.k, fp32.k)  # it did run in bf16
+
+
 # ----------------------------------------------------------------------------------- settings
 def test_config_resolution_and_errors(models, contexts, monkeypatch):
     cpu = torch.device("cpu")
-    assert ImaginationConfig().resolve(cpu) == (False, False, torch.float32, torch.float32)  # IVG_CPU_BF16=0
-    monkeypatch.setenv("IVG_CPU_BF16", "1")  # a CPU with bf16 instructions: bf16 convolutions, float32 attention
-    assert ImaginationConfig().resolve(cpu) == (False, False, torch.float32, torch.bfloat16)
-    assert ImaginationConfig(decoder_precision="float32").resolve(cpu)[3] == torch.float32
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert ImaginationConfig().resolve(cpu) == EngineSettings(False, False, f32, f32, f32)  # IVG_CPU_BF16=0
+    monkeypatch.setenv("IVG_CPU_BF16", "1")  # a CPU with bf16 instructions: bf16 convolutions and prefill
+    assert ImaginationConfig().resolve(cpu) == EngineSettings(False, False, f32, bf16, bf16)
+    assert ImaginationConfig(decoder_precision="float32").resolve(cpu).decoder_dtype == f32
+    assert ImaginationConfig(prefill_precision="float32").resolve(cpu).prefill_dtype == f32
     monkeypatch.setenv("IVG_CPU_BF16", "0")
-    assert ImaginationConfig(compile=True).resolve(torch.device("cpu"))[0] is True
+    assert ImaginationConfig(compile=True).resolve(torch.device("cpu")).compile is True
     with pytest.raises(ValueError, match="cuda_graphs=True needs"):
         ImaginationConfig(cuda_graphs=True).resolve(torch.device("cpu"))
     with pytest.raises(ValueError, match="compile"):
@@ -237,6 +259,8 @@ def test_config_resolution_and_errors(models, contexts, monkeypatch):
         ImaginationConfig(precision="float16")
     with pytest.raises(ValueError, match="decoder_precision"):
         ImaginationConfig(decoder_precision="half")
+    with pytest.raises(ValueError, match="prefill_precision"):
+        ImaginationConfig(prefill_precision="fp8")
     model, (context, actions) = models["heads"], contexts
     with pytest.raises(ValueError, match="top_k"):
         model.reset(context[:1], horizon=1, top_k=0)

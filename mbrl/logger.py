@@ -13,10 +13,12 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from termcolor import colored
 from tqdm import tqdm
 
@@ -198,6 +200,45 @@ class Logger:
             parts.append(f"{label}: {text}")
         color = "yellow" if section == "train" else "green"
         return f"{colored(f'| {section:<5}', color)} | " + " | ".join(parts)
+
+
+def config_changes(run_dir: str | Path, record: Mapping[str, Any], ignore: tuple[str, ...] = ("resume",)
+                   ) -> list[str]:
+    """What a resumed launch's resolved config ``record`` changes against the run's saved ``config.yaml``.
+
+    Returns:
+        ``"key: old -> new"`` per changed dotted key (``"key: (absent) -> new"`` for new keys), sorted; empty
+        when nothing changed or the run saved no config.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return []
+    saved = yaml.safe_load(path.read_text()) or {}
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, Mapping):
+            return {prefix: tree}
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}." if isinstance(value, Mapping) and value else f"{prefix}{key}"))
+        return out
+
+    before, after = flat(saved), flat(dict(record))
+    missing = "(absent)"
+    return [f"{key}: {before.get(key, missing)} -> {after.get(key, missing)}"
+            for key in sorted(before.keys() | after.keys())
+            if key not in ignore and before.get(key, missing) != after.get(key, missing)]
+
+
+def resume_error(run_dir: str | Path, err: Exception, changes: list[str]) -> ValueError:
+    """The one-line error of a checkpoint that does not load into what this launch's config built."""
+    if changes:
+        shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+        hint = (f"settings changed since the run started ({shown}): resume with the values in "
+                f"{Path(run_dir) / 'config.yaml'}")
+    else:
+        hint = "the run's config is unchanged, so the checkpoint was written by other code or is damaged"
+    return ValueError(f"cannot resume {run_dir}: {err}; {hint}")
 
 
 def save_run_info(run_dir: str | Path, config_yaml: str, source_dir: str | Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers import read_csv, wandb_record
 
-from mbrl.logger import CSVWriter, Logger, WandbConfig, save_run_info
+from mbrl.logger import CSVWriter, Logger, WandbConfig, config_changes, resume_error, save_run_info
 
 TRAIN_ROW = {"step": 50, "episode": 1, "train/episode_return": 12.5, "train/success": 0.0}
 EVAL_ROW = {"step": 50, "episode": 1, "eval/episode_return": 30.0, "eval/success_rate": 0.25}
@@ -85,3 +85,14 @@ def test_logger_resume_keeps_train_rows_at_the_checkpoint_but_repeats_its_evalua
     Logger(tmp_path, WandbConfig(mode="disabled"), console=False, resume_frame=200).close()
     assert [r["frame"] for r in read_csv(tmp_path / "train.csv")] == ["100", "200"]
     assert [r["frame"] for r in read_csv(tmp_path / "eval.csv")] == ["100"]
+
+
+def test_config_changes_lists_what_a_resumed_launch_changed(tmp_path):
+    assert config_changes(tmp_path, {"a": 1}) == []  # no saved config: nothing to compare
+    (tmp_path / "config.yaml").write_text("seed: 1\nresume: auto\nagent:\n  lr: 0.0001\n  nstep: 3\nold: x\n")
+    record = {"seed": 1, "resume": True, "agent": {"lr": 0.001, "nstep": 3}, "new": None}
+    assert config_changes(tmp_path, record) == ["agent.lr: 0.0001 -> 0.001", "new: (absent) -> None",
+                                                "old: x -> (absent)"]  # resume itself is not a change
+    err = resume_error(tmp_path, RuntimeError("size mismatch"), config_changes(tmp_path, record))
+    assert "cannot resume" in str(err) and "size mismatch" in str(err) and "agent.lr: 0.0001 -> 0.001" in str(err)
+    assert "unchanged" in str(resume_error(tmp_path, KeyError("agent"), []))

@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +254,23 @@ def test_resume_continues_the_step_counter_exactly(episodes, tmp_path):
     assert not (split / ".checkpoint.tmp").exists() and (split / "checkpoint" / STATE_FILE).is_file()
     with pytest.raises(ValueError, match="already holds a checkpoint"):
         WorldModelRun(compose_config(*common, "steps=6", "resume=false", f"out={split}"), split)
+
+
+@pytest.mark.slow
+def test_resume_with_a_config_that_builds_another_model_names_the_changed_settings(episodes, tmp_path):
+    """An action-free run resumed by a launch whose defaults make it action-conditioned (the data has
+    actions) fails in one error that names the settings that changed, not in an optimizer message alone."""
+    common = [f"data={episodes / 'train'}", f"val_data={episodes / 'val'}", "batch_size=2", "eval_every=0",
+              "checkpoint_every=2", "num_threads=1", "wandb.mode=disabled", "progress_bar=false",
+              "tokenizer.max_target_frames=2", *TEST_OVERRIDES]
+    run_dir = tmp_path / "run"
+    first = compose_config(*common, "steps=2", "action_conditioned=false", "reward_head=false")
+    WorldModelRun(first, run_dir).train()
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(asdict(first)))  # what the CLI saves
+    again = compose_config(*common, "steps=4")
+    with pytest.raises(ValueError, match=r"cannot resume .*action_conditioned: False -> auto.*reward_head: "
+                                         r"False -> auto.*steps: 2 -> 4"):
+        WorldModelRun(again, run_dir, asdict(again))
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,6 +228,21 @@ def config_changes(run_dir: str | Path, record: Mapping[str, Any], ignore: tuple
     return [f"{key}: {before.get(key, missing)} -> {after.get(key, missing)}"
             for key in sorted(before.keys() | after.keys())
             if key not in ignore and before.get(key, missing) != after.get(key, missing)]
+
+
+def resume_checked(run_dir: str | Path, record: Mapping[str, Any], load: Callable[[], None]) -> None:
+    """Run ``load`` (a trainer restoring its checkpoint) for a resumed launch with config ``record``.
+
+    Prints the settings that changed since the run started (``config_changes``). A checkpoint that does not
+    load (a model built differently, say) becomes one ``ValueError`` that names those settings.
+    """
+    changes = config_changes(run_dir, record)
+    if changes:
+        tqdm.write("resuming with changed settings: " + "; ".join(changes))
+    try:
+        load()
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise resume_error(run_dir, err, changes) from err
 
 
 def resume_error(run_dir: str | Path, err: Exception, changes: list[str]) -> ValueError:

@@ -33,7 +33,7 @@ from agents.drqv2 import DrQV2Agent, DrQV2Config
 from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mbrl.envs import EnvConfig, make_env, scripted_policy
 from mbrl.evaluation import run_eval_episodes
-from mbrl.logger import Logger, WandbConfig, config_changes, resume_error
+from mbrl.logger import Logger, WandbConfig, resume_checked
 from mbrl.replay import ReplayBuffer, TransitionBatch
 from mbrl.run_settings import RunSettings
 from mbrl.utils import (
@@ -231,13 +231,7 @@ class Trainer:
         self._metrics: list[dict[str, float]] = []  # update metrics of the running episode
         self._episode_seconds = 0.0  # wall clock of the running episode's steps, evaluations excluded
         if resume:
-            changes = config_changes(self.run_dir, config_record or {})
-            if changes:
-                tqdm.write("resuming with changed settings: " + "; ".join(changes))
-            try:
-                self.load()
-            except (ValueError, RuntimeError, KeyError) as err:  # e.g. a model built differently
-                raise resume_error(self.run_dir, err, changes) from err
+            resume_checked(self.run_dir, config_record or {}, self.load)
         self.timer = Timer()
         self.logger = Logger(
             self.run_dir,

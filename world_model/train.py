@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mbrl.logger import Logger, WandbConfig, config_changes, resume_error, save_run_info
+from mbrl.logger import Logger, WandbConfig, resume_checked, save_run_info
 from mbrl.replay import SegmentBatch
 from mbrl.utils import Timer, coerce_ints, configure_threads, derive_seed, pick_device, set_seed
 from world_model.data import EpisodeDataset
@@ -242,13 +242,7 @@ class WorldModelRun:
         self.step = 0
         self._elapsed_before = 0.0
         if resume:
-            changes = config_changes(self.run_dir, config_record or {})
-            if changes:
-                tqdm.write("resuming with changed settings: " + "; ".join(changes))
-            try:
-                self._load()
-            except (ValueError, RuntimeError, KeyError) as err:  # e.g. a model built differently
-                raise resume_error(self.run_dir, err, changes) from err
+            resume_checked(self.run_dir, config_record or {}, self._load)
         self.timer = Timer()
         self.logger = Logger(self.run_dir, cfg.wandb, config_record, console=False,
                              resume_frame=self.frame if resume else None)

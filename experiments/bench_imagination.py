@@ -1,10 +1,13 @@
 """Imagined transitions per second: the rollout engine against the official-style reference rollout.
 
     python experiments/bench_imagination.py [--json] [--preset cpu|paper64|tiny] [--batches 1,32,256]
-        [--horizon 10] [--max-seconds 300] [--repeats 2] [--threads N]
+        [--horizon 10] [--max-seconds 300] [--repeats 2] [--threads N] [--compile auto|true|false]
+        [--precision auto|float32|bfloat16]
 
 `engine` is `IVideoGPT.reset/step` (`world_model.imagination.Imaginer`, default `ImaginationConfig`: compiled
-and CUDA-graph-captured in bfloat16 on a GPU, eager float32 on a CPU). `reference` is
+and CUDA-graph-captured in bfloat16 on a GPU; eager on a CPU, float32 token steps with the context prefill and
+the tokenizer in bf16 where the CPU has bf16 instructions). `--compile true --precision bfloat16` is the
+fastest CPU setting measured here (needs a C++ compiler; compiling takes tens of seconds and is not timed). `reference` is
 `world_model.reference_rollout.reference_rollout`: the published rollout's algorithm written with this
 project's modules (per imagined frame a fresh generate that re-reads the whole sequence, then detokenize;
 bfloat16 autocast on a GPU as the official code), in eval mode and with the context's cross-attention
@@ -309,6 +312,9 @@ def main() -> None:
     parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
                         help="torch.compile the engine's token step and frame decoder (auto: on CUDA only; on a "
                              "CPU it needs a C++ compiler, and compiling is not timed)")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="the engine's transformer precision (ImaginationConfig.precision; auto: bfloat16 on "
+                             "CUDA, float32 on a CPU, where eager bf16 token steps are slower)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     try:
@@ -326,7 +332,8 @@ def main() -> None:
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
     if bandwidth is not None:
         machine["bandwidth_gb_s"] = bandwidth / 1e9
-    config = ImaginationConfig(compile={"auto": "auto", "true": True, "false": False}[args.compile])
+    config = ImaginationConfig(compile={"auto": "auto", "true": True, "false": False}[args.compile],
+                               precision=args.precision)
     engine = config.resolve(device)
     machine["engine_precision"] = (f"transformer {str(engine.dtype)[6:]} (prefill {str(engine.prefill_dtype)[6:]}), "
                                    f"tokenizer {str(engine.decoder_dtype)[6:]}")

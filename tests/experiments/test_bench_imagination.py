@@ -49,3 +49,15 @@ def test_bench_reports_both_paths_and_skips_over_budget():
     assert second["engine_s"] is None and second["reference_s"] is None and second["ratio"] is None
     assert any("engine skipped" in note for note in second["notes"])
     assert any("reference skipped" in note for note in second["notes"])
+
+
+def test_bench_passes_the_engine_settings_it_is_given():
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--preset", "tiny", "--batches", "1", "--horizon", "1", "--repeats", "1",
+         "--threads", "1", "--precision", "bfloat16", "--compile", "false", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
+    )
+    report = json.loads(out.stdout)
+    assert report["machine"]["engine_precision"].startswith("transformer bfloat16")
+    assert report["machine"]["engine_compiled"] is False
+    assert report["rows"][0]["engine_tps"] > 0

@@ -34,6 +34,7 @@ from mbrl.imagined_replay import ImaginedReplay, Policy, Rollouts, imagine, mix_
 from mbrl.replay import ReplayBuffer, SegmentBatch, TransitionBatch
 from mbrl.utils import coerce_ints
 from mbrl.video import VideoRecorder
+from world_model.imagination import ImaginationConfig
 from world_model.lpips import build_perceptual
 from world_model.model import IVideoGPT
 from world_model.training import OptimConfig, WorldModelTrainer, build_model
@@ -186,6 +187,7 @@ class MBPOConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
 
     def __post_init__(self) -> None:
         coerce_ints(self, ("imagined_capacity", "segment_batch_size", "segment_length"), prefix="world_model.")
@@ -205,10 +207,14 @@ class MBPOConfig:
     def from_dict(cls, cfg: dict[str, Any]) -> MBPOConfig:
         """From the resolved `world_model` node (its `name` key removed)."""
         cfg = dict(cfg)
-        nested = {"schedule": ScheduleConfig, "rollout": RolloutConfig, "validation": ValidationConfig}
+        nested = {"schedule": ScheduleConfig, "rollout": RolloutConfig, "validation": ValidationConfig,
+                  "imagination": ImaginationConfig}
         try:
             for key, kind in nested.items():
-                cfg[key] = kind(**cfg.get(key, {}))
+                try:
+                    cfg[key] = kind(**cfg.get(key, {}))
+                except ValueError as err:  # the engine's config names itself, not the CLI key
+                    raise ValueError(str(err).replace("ImaginationConfig.", "world_model.imagination.")) from None
             optim = dict(cfg.pop("optim", {}))
             if "freeze_codebooks" in optim:
                 raise ValueError("set world_model.freeze_codebooks (auto, true or false), not "
@@ -291,6 +297,7 @@ def build_world_model(cfg: MBPOConfig, action_dim: int, device: torch.device,
         origin = f"preset {preset} ({why}{size}), from scratch"
     if model.action_dim != action_dim:
         raise ValueError(f"the world model takes {model.action_dim}-d actions but the env has {action_dim}")
+    model.imaginer.config = cfg.imagination
     params = num_parameters(model.tokenizer) + num_parameters(model.transformer)
     return model.to(device), f"{origin}, {params / 1e6:.1f}M parameters"
 

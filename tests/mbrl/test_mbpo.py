@@ -8,6 +8,7 @@ import torch
 from agents.drqv2 import DrQV2Agent, DrQV2Config
 from mbrl.mbpo import MBPO, Cadence, MBPOConfig, ScheduleConfig, build_schedule, draw_text
 from mbrl.replay import ReplayBuffer
+from world_model.imagination import ImaginationConfig
 
 REPEAT = 2
 
@@ -65,12 +66,20 @@ def test_schedule_periods_of_zero_turn_parts_off_and_bad_orders_are_rejected():
     ({"rollout": {"horizon": 0}}, "horizon"),
     ({"optim": {"freeze_codebooks": True}}, "world_model.freeze_codebooks"),
     ({"pretrained": "/no/such/folder"}, "not a folder"),
+    ({"imagination": {"precision": "half"}}, "world_model.imagination.precision"),
+    ({"imagination": {"graphs": True}}, "graphs"),
     ({"typo": 1}, "typo"),
 ])
 def test_bad_config_values_are_one_line_errors(override, words):
     with pytest.raises(ValueError) as err:
         MBPOConfig.from_dict(override)
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_engine_knobs_reach_the_world_model(tmp_path):
+    mbpo = tiny_mbpo(filled_replay(), tmp_path, imagination={"compile": False, "prefill_precision": "bfloat16"})
+    assert mbpo.model.imaginer.config == ImaginationConfig(compile=False, prefill_precision="bfloat16")
+    assert MBPOConfig.from_dict({}).imagination == ImaginationConfig()
 
 
 def test_codebooks_are_frozen_when_fine_tuning(tiny_checkpoint):

@@ -280,6 +280,8 @@ class WorldModelRun:
         """One line: where the model comes from, its size, what it is trained on."""
         model, cfg = self.model, self.cfg
         origin = f"fine-tuning {cfg.pretrained}" if cfg.fine_tuning else f"preset {cfg.preset} from scratch"
+        if self.step:
+            origin = f"{origin}, resumed at step {self.step}"
         frozen = ", codebooks frozen" if cfg.frozen_codebooks else ""
         return (f"world model ({origin}{frozen}): tokenizer {num_parameters(model.tokenizer) / 1e6:.1f}M, transformer "
                 f"{num_parameters(model.transformer) / 1e6:.1f}M parameters, action_dim={model.action_dim}, "

@@ -59,6 +59,7 @@ class PartConfig:
     freeze_codebooks: bool | str = _AUTO
     lpips_weights: str | None = None
     perceptual_weight: float = 1.0
+    dropout: bool = True  # cross-attention dropout 0.1 in the updates (off: eval mode, as MBRL fine-tuning)
     # transformer only
     warmup_steps: int | str = _AUTO
     weight_decay: float = 0.01
@@ -179,7 +180,8 @@ class WorldModelTrainConfig:
             weight_decay=self.transformer.weight_decay, grad_clip=self.grad_clip,
             warmup_steps=self.warmup_steps, total_steps=max(self.transformer.updates_in(self.steps), 1),
             max_target_frames=self.tokenizer.max_target_frames, perceptual_weight=self.tokenizer.perceptual_weight,
-            freeze_codebooks=self.frozen_codebooks, mixed_precision=self.mixed_precision)
+            freeze_codebooks=self.frozen_codebooks, tokenizer_dropout=self.tokenizer.dropout,
+            mixed_precision=self.mixed_precision)
 
 
 def _wants(setting: bool | str, available: bool, what: str, key: str, folder: str) -> bool:

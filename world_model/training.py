@@ -51,6 +51,9 @@ class OptimConfig:
         max_target_frames: future frames per segment the tokenizer loss reconstructs.
         perceptual_weight: weight of the LPIPS term when a perceptual module is given.
         freeze_codebooks: keep both codebooks fixed (fine-tuning a pre-trained tokenizer, DESIGN §2).
+        tokenizer_dropout: the cross-attention dropout (0.1) of the tokenizer in its updates. Off by default, as
+            the official MBRL loop fine-tunes the tokenizer in eval mode; on a CPU it also makes an update about
+            2.5x slower (CPU attention has no fused dropout, see ``docs/world_model.md``).
         mixed_precision: bf16 autocast where the hardware has bf16 arithmetic (``world_model.precision``).
     """
 
@@ -64,6 +67,7 @@ class OptimConfig:
     max_target_frames: int | None = 5
     perceptual_weight: float = 1.0
     freeze_codebooks: bool = False
+    tokenizer_dropout: bool = False
     mixed_precision: bool = True
 
     def __post_init__(self) -> None:
@@ -236,7 +240,7 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
 def tokenizer_update(model: IVideoGPT, optimizer: torch.optim.Optimizer, batch: SegmentBatch,
                      max_target_frames: int | None = 5, perceptual: nn.Module | None = None,
                      perceptual_weight: float = 1.0, grad_clip: float = 1.0,
-                     mixed_precision: bool = True) -> dict[str, float]:
+                     mixed_precision: bool = True, dropout: bool = False) -> dict[str, float]:
     """One tokenizer step on a batch of segments (context frames: plain path; future frames: conditional).
 
     Args:
@@ -248,6 +252,8 @@ def tokenizer_update(model: IVideoGPT, optimizer: torch.optim.Optimizer, batch: 
         perceptual_weight: weight of the LPIPS terms.
         grad_clip: max gradient norm (0: none).
         mixed_precision: bf16 autocast where native (``world_model.precision``).
+        dropout: the tokenizer in training mode (its cross-attention dropout on); False: eval mode, as the
+            official MBRL fine-tuning (dropout is all that differs between the modes).
 
     Returns:
         ``tokenizer/loss``, ``tokenizer/<part>`` (``recon_l1``, ``ref_recon_l1``, ``commit``, ``dyn_commit``,
@@ -256,7 +262,7 @@ def tokenizer_update(model: IVideoGPT, optimizer: torch.optim.Optimizer, batch: 
     device = model_device(model)
     frames = to_unit(batch.frames.to(device, non_blocking=True))
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    with module_mode(True, model.tokenizer), autocast(device, mixed_precision):
+    with module_mode(dropout, model.tokenizer), autocast(device, mixed_precision):
         loss, parts = model.tokenizer_loss(frames, max_target_frames=max_target_frames, perceptual=perceptual,
                                            perceptual_weight=perceptual_weight)
     grad_norm = _step(params, optimizer, loss, grad_clip)
@@ -410,7 +416,7 @@ class WorldModelTrainer:
         metrics = tokenizer_update(self.model, self.tokenizer_optimizer, batch.to(self.device),
                                    max_target_frames=self.cfg.max_target_frames, perceptual=self.perceptual,
                                    perceptual_weight=self.cfg.perceptual_weight, grad_clip=self.cfg.grad_clip,
-                                   mixed_precision=self.cfg.mixed_precision)
+                                   mixed_precision=self.cfg.mixed_precision, dropout=self.cfg.tokenizer_dropout)
         self.tokenizer_updates += 1
         return metrics
 

@@ -37,6 +37,7 @@ from world_model.training import (
     evaluate_open_loop,
     psnr,
     tokenizer_optimizer,
+    tokenizer_update,
     transformer_optimizer,
 )
 
@@ -111,6 +112,28 @@ def test_optimizers_leave_frozen_codebooks_and_norms_alone():
     assert id(llm.model.embed_tokens.weight) in no_decay and id(llm.model.norm.weight) in no_decay
     assert id(llm.lm_head.weight) not in no_decay
     assert {g["weight_decay"] for g in groups} == {0.0, 0.01}
+
+
+def test_tokenizer_dropout_is_a_switch_of_the_update():
+    """dropout=False (MBPO's default, as the official MBRL loop) updates in eval mode: no random numbers are
+    drawn and equal starts give equal steps; dropout=True draws its masks."""
+    size = EPISODE["image_size"]
+    frames = torch.randint(0, 256, (2, 5, 3, size, size), dtype=torch.uint8)
+    batch = SegmentBatch(frames)  # 3 future frames <= max_target_frames: no random subset either
+
+    def update(dropout: bool) -> tuple[torch.Tensor, bool]:
+        torch.manual_seed(0)
+        model = small_model()
+        optimizer = tokenizer_optimizer(model, 1e-3)
+        state = torch.get_rng_state()
+        tokenizer_update(model, optimizer, batch, dropout=dropout, mixed_precision=False)
+        assert not model.tokenizer.training  # the mode is restored
+        weight = next(model.tokenizer.parameters()).detach().clone()
+        return weight, torch.equal(state, torch.get_rng_state())
+
+    (off, untouched), (off_again, _), (on, drew) = update(False), update(False), update(True)
+    assert untouched and not drew
+    assert torch.equal(off, off_again) and not torch.equal(off, on)
 
 
 def test_autocast_is_off_on_cpu():

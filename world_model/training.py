@@ -452,3 +452,12 @@ class WorldModelTrainer:
         self.transformer_scheduler.load_state_dict(state["transformer_scheduler"])
         self.tokenizer_updates = int(state["tokenizer_updates"])
         self.transformer_updates = int(state["transformer_updates"])
+        # Learning rates follow this run's config, not the checkpoint's (the same numbers unless the config was
+        # changed for the resumed launch, e.g. a lower tokenizer rate; the optimizer state would keep the old).
+        for group in self.tokenizer_optimizer.param_groups:
+            group["lr"] = self.cfg.tokenizer_lr
+        scheduler = self.transformer_scheduler
+        scheduler.base_lrs = [self.cfg.transformer_lr] * len(scheduler.base_lrs)
+        for group, factor in zip(self.transformer_optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = self.cfg.transformer_lr
+            group["lr"] = self.cfg.transformer_lr * factor(scheduler.last_epoch)

@@ -13,7 +13,7 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +134,29 @@ def test_tokenizer_dropout_is_a_switch_of_the_update():
     (off, untouched), (off_again, _), (on, drew) = update(False), update(False), update(True)
     assert untouched and not drew
     assert torch.equal(off, off_again) and not torch.equal(off, on)
+
+
+def test_a_resumed_trainer_takes_its_learning_rates_from_its_config():
+    model = small_model()
+    cfg = OptimConfig(tokenizer_lr=5e-4, transformer_lr=5e-4, warmup_steps=2, total_steps=10)
+    trainer = WorldModelTrainer(model, cfg)
+    for _ in range(4):
+        trainer.transformer_optimizer.step()  # no gradients: only the schedule moves
+        trainer.transformer_scheduler.step()
+    state = trainer.state_dict()
+    same = WorldModelTrainer(model, cfg)
+    same.load_state_dict(state)
+    assert [g["lr"] for g in same.transformer_optimizer.param_groups] == \
+        [g["lr"] for g in trainer.transformer_optimizer.param_groups]  # an unchanged config resumes exactly
+    lower = WorldModelTrainer(model, replace(cfg, tokenizer_lr=1e-4, transformer_lr=1e-4))
+    lower.load_state_dict(state)
+    assert {g["lr"] for g in lower.tokenizer_optimizer.param_groups} == {1e-4}
+    factor = trainer.transformer_optimizer.param_groups[0]["lr"] / 5e-4
+    assert lower.transformer_optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * factor)
+    lower.transformer_optimizer.step()
+    lower.transformer_scheduler.step()  # and the schedule continues from the new peak
+    assert lower.transformer_optimizer.param_groups[0]["lr"] == pytest.approx(
+        1e-4 * trainer.transformer_scheduler.lr_lambdas[0](5))
 
 
 def test_autocast_is_off_on_cpu():

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from agents.nets import Actor, Critic, Encoder, RandomShift
 from mbrl.utils import Schedule, coerce_ints
+from world_model.precision import native_bf16
 
 
 class TransitionLike(Protocol):
@@ -49,6 +50,8 @@ class DrQV2Config:
     discount: float = 0.99
     updates_per_step: float = 2.0
     channels_last: bool = True
+    # dtype of the encoder's convolutions (autocast); its features and everything after them stay float32
+    encoder_precision: str = "float32"
 
     def __post_init__(self) -> None:
         sizes = ("feature_dim", "hidden_dim", "num_filters", "num_conv_layers", "batch_size", "nstep")
@@ -64,6 +67,9 @@ class DrQV2Config:
         if not 0 <= self.discount <= 1:
             raise ValueError(f"agent.discount={self.discount} must be in [0, 1]")
         Schedule(self.std_schedule)  # fails early with a readable message
+        if self.encoder_precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"agent.encoder_precision={self.encoder_precision!r} must be auto (bfloat16 where the "
+                             "hardware has bf16 arithmetic), float32 or bfloat16")
 
 
 class DrQV2Agent:
@@ -80,6 +86,10 @@ class DrQV2Agent:
         self.device = torch.device(device)
         self.std = Schedule(cfg.std_schedule)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        if cfg.encoder_precision == "auto":
+            self.encoder_dtype = torch.bfloat16 if native_bf16(self.device) else torch.float32
+        else:
+            self.encoder_dtype = getattr(torch, cfg.encoder_precision)
 
         self.encoder = Encoder(obs_shape, cfg.num_filters, cfg.num_conv_layers)
         repr_dim = self.encoder.repr_dim
@@ -116,6 +126,15 @@ class DrQV2Agent:
             obs = self.aug(obs)
         return obs.contiguous(memory_format=self.memory_format)
 
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Encoder features (B, repr_dim) in float32 of `_images` output; the convolutions run under autocast
+        when `encoder_precision` is bfloat16 (the critic's Q values would lose too much in bf16)."""
+        if self.encoder_dtype == torch.float32:
+            return self.encoder(images)
+        with torch.autocast(self.device.type, dtype=self.encoder_dtype):
+            features = self.encoder(images)
+        return features.float()
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, step: int, eval_mode: bool) -> np.ndarray:
         """One observation `(S*3, H, W)` uint8 -> an action `(A,)` float32 in [-1, 1] (see `act_batch`)."""
@@ -130,7 +149,7 @@ class DrQV2Agent:
         Evaluation returns the mean action; training samples it, uniformly at random during the first
         `num_expl_steps` agent steps.
         """
-        dist = self.actor(self.encoder(self._images(obs, augment=False)), self.std(step))
+        dist = self.actor(self._encode(self._images(obs, augment=False)), self.std(step))
         if eval_mode:
             return dist.mean
         action = dist.sample()
@@ -150,9 +169,9 @@ class DrQV2Agent:
         discount = batch.discount.to(self.device).float()
         std = self.std(step)
 
-        features = self.encoder(obs)
+        features = self._encode(obs)
         with torch.no_grad():
-            next_features = self.encoder(next_obs)
+            next_features = self._encode(next_obs)
         metrics = self._update_critic(features, action, reward, discount, next_features, std)
         metrics.update(self._update_actor(features.detach(), std))
         torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.critic_target_tau)

@@ -114,7 +114,8 @@ def main() -> None:
     parser.add_argument("--obs", default="9x64x64", help="observation shape CxHxW")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--updates", type=int, default=5, help="timed updates per variant")
-    parser.add_argument("--variants", nargs="+", default=["reference-style", "drqv2 nchw", "drqv2"])
+    parser.add_argument("--variants", nargs="+", default=["reference-style", "drqv2 nchw", "drqv2"],
+                        help="also: 'drqv2 bf16-encoder' (agent.encoder_precision=bfloat16)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = parser.parse_args()
     obs_shape = tuple(int(d) for d in args.obs.split("x"))
@@ -126,7 +127,9 @@ def main() -> None:
         for variant in args.variants:
             torch.manual_seed(0)
             agent = DrQV2Agent(
-                obs_shape, 4, DrQV2Config(batch_size=args.batch, channels_last=variant == "drqv2")
+                obs_shape, 4, DrQV2Config(batch_size=args.batch, channels_last=variant.startswith("drqv2 bf16")
+                                          or variant == "drqv2",
+                                          encoder_precision="bfloat16" if "bf16" in variant else "float32")
             )
             update = ReferenceStyleUpdate(agent) if variant == "reference-style" else agent.update
             seconds = time_updates(update, batch, args.updates)

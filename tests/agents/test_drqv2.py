@@ -165,6 +165,27 @@ def test_channels_last_matches_contiguous():
     assert ma["critic_loss"] == pytest.approx(mb["critic_loss"], rel=1e-4)
 
 
+def test_bfloat16_encoder_keeps_features_and_heads_float32(monkeypatch):
+    """encoder_precision=bfloat16 runs the convolutions under autocast: close to float32, float32 features,
+    float32 parameters and Q values; `auto` follows the bf16 detection (the tests pin it off)."""
+    fp32, bf16 = make_agent(), make_agent(encoder_precision="bfloat16")
+    images = fp32._images(make_batch().obs, augment=False)
+    features = bf16._encode(images)
+    assert features.dtype == torch.float32
+    torch.testing.assert_close(features, fp32._encode(images), atol=0.05, rtol=0.05)
+    assert not torch.equal(features, fp32._encode(images))  # it did run in bf16
+    batch = make_batch()
+    torch.manual_seed(3)
+    m32 = fp32.update(batch, step=100)
+    torch.manual_seed(3)
+    m16 = bf16.update(batch, step=100)
+    assert m16["critic_loss"] == pytest.approx(m32["critic_loss"], rel=0.05)
+    assert all(p.dtype == torch.float32 for p in bf16.encoder.parameters())
+    assert make_agent(encoder_precision="auto").encoder_dtype == torch.float32  # IVG_CPU_BF16=0 in tests
+    monkeypatch.setenv("IVG_CPU_BF16", "1")
+    assert make_agent(encoder_precision="auto").encoder_dtype == torch.bfloat16
+
+
 def test_state_dict_round_trip_continues_identically(tmp_path):
     a = make_agent()
     a.update(make_batch(seed=1), step=100)
@@ -187,6 +208,7 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
         {"critic_target_tau": 1.5},
         {"std_schedule": "linear(1,2)"},
         {"num_expl_steps": -1},
+        {"encoder_precision": "half"},
     ],
 )
 def test_bad_config_is_one_line_error(bad):

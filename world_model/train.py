@@ -232,6 +232,12 @@ class WorldModelRun:
         if self.model.action_dim is not None and self.model.action_dim != self.data.action_dim:
             raise ValueError(f"the model takes {self.model.action_dim}-d actions but the data has "
                              f"{self.data.action_dim}-d ones ({cfg.data})")
+        dropout_on = [name for name, on in (
+            ("attention_dropout=0.0", cfg.transformer.every and self.model.transformer.config.attention_dropout > 0),
+            ("tokenizer.dropout=false", cfg.tokenizer.every and cfg.tokenizer.dropout)) if on]
+        if self.device.type == "cpu" and dropout_on:
+            tqdm.write("attention dropout is on: CPU attention has no fused dropout, which makes a training step "
+                       f"2-4x slower here; {' '.join(dropout_on)} turns it off")
         perceptual = None
         if cfg.tokenizer.every and cfg.tokenizer.lpips_weights is None:
             tqdm.write("LPIPS term of the tokenizer loss is off: set tokenizer.lpips_weights to a folder with the "

@@ -257,6 +257,7 @@ def test_cli_end_to_end_writes_a_loadable_checkpoint_and_logs(episodes, tmp_path
     result = subprocess.run(args, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LPIPS term of the tokenizer loss is off" in result.stdout + result.stderr
+    assert "attention_dropout=0.0 tokenizer.dropout=false turns it off" in result.stdout + result.stderr
 
     model = IVideoGPT.from_pretrained(out / "checkpoint")
     assert model.action_dim == 4 and model.has_reward_head and model.tokenizer.config.resolution == 16

@@ -126,7 +126,34 @@ def summary(root: Path) -> str:
             recon = cell(r, "val/recon_mse", ".5f")
             lines.append(f"| {r['frame']} | {mse:.5f} | {copy:.5f} | {mse / copy:.2f} | {recon} | "
                          f"{cell(r, 'val/psnr', '.1f')} |")
+    lines += time_summary(evals, read_csv(root / "mbpo" / "train.csv"))
     return "\n".join(lines)
+
+
+PHASES = ("env", "agent_update", "wm_update", "imagination", "wm_validation", "eval")
+
+
+def time_summary(evals: dict[str, dict[int, dict[str, str]]], mbpo_train: list[dict[str, str]]) -> list[str]:
+    """Markdown lines: each run's wall clock (its last evaluation's ``total_time``) and MBPO's seconds per phase
+    per 1,000 frames over the second half of its run (the ``time/*`` counters are cumulative)."""
+    clocks = {m: float(rows[max(rows)]["total_time"]) for m, rows in evals.items()
+              if rows and rows[max(rows)].get("total_time")}
+    lines = []
+    if len(clocks) == 2:
+        lines += ["", f"Wall clock: DrQ-v2 {clocks['drqv2'] / 60:.1f} min, MBPO {clocks['mbpo'] / 60:.1f} min "
+                      f"({clocks['mbpo'] / clocks['drqv2']:.2f}x)."]
+    timed = [r for r in mbpo_train if r.get("time/env")]
+    if len(timed) >= 2:
+        end = timed[-1]
+        start = min(timed, key=lambda r: abs(int(r["frame"]) - int(end["frame"]) / 2))
+        per_k = (int(end["frame"]) - int(start["frame"])) / 1000
+        if per_k > 0:
+            parts = {p: (float(end.get(f"time/{p}") or 0) - float(start.get(f"time/{p}") or 0)) / per_k
+                     for p in PHASES}
+            split = ", ".join(f"{p} {v:.1f} s" for p, v in parts.items())
+            lines += ["", f"MBPO seconds per 1,000 frames (frames {start['frame']}-{end['frame']}): {split}; "
+                          f"{sum(parts.values()):.1f} s in all."]
+    return lines
 
 
 def main() -> None:

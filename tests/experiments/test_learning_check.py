@@ -23,14 +23,21 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
 
 
 def test_summary_puts_both_runs_and_the_validation_side_by_side(tmp_path):
-    write_csv(tmp_path / "drqv2" / "eval.csv", [{"frame": 0, "eval/success_rate": 0.0, "eval/episode_return": 300},
-                                                {"frame": 1000, "eval/success_rate": 0.2, "eval/episode_return": 900}])
-    write_csv(tmp_path / "mbpo" / "eval.csv", [{"frame": 1000, "eval/success_rate": 0.4, "eval/episode_return": 1200}])
+    write_csv(tmp_path / "drqv2" / "eval.csv", [
+        {"frame": 0, "eval/success_rate": 0.0, "eval/episode_return": 300, "total_time": 1},
+        {"frame": 1000, "eval/success_rate": 0.2, "eval/episode_return": 900, "total_time": 600}])
+    write_csv(tmp_path / "mbpo" / "eval.csv", [
+        {"frame": 1000, "eval/success_rate": 0.4, "eval/episode_return": 1200, "total_time": 900}])
+    phases = {f"time/{p}": 0 for p in learning_check.PHASES}
     write_csv(tmp_path / "mbpo" / "train.csv", [
-        {"frame": 500, "train/episode_return": 1.0},
+        {"frame": 500, "train/episode_return": 1.0, **phases},
         {"frame": 600, "val/mse": 0.001, "val/copy_last_mse": 0.004, "val/recon_mse": 0.0005, "val/psnr": 30.0},
+        {"frame": 1000, "train/episode_return": 2.0, **phases, "time/env": 5, "time/wm_update": 10},
     ])
     table = learning_check.summary(tmp_path).splitlines()
+    assert "Wall clock: DrQ-v2 10.0 min, MBPO 15.0 min (1.50x)." in table
+    assert ("MBPO seconds per 1,000 frames (frames 500-1000): env 10.0 s, agent_update 0.0 s, wm_update 20.0 s, "
+            "imagination 0.0 s, wm_validation 0.0 s, eval 0.0 s; 30.0 s in all.") in table
     assert "| 0 | 0.00 | 300 | - | - |" in table
     assert "| 1000 | 0.20 | 900 | 0.40 | 1200 |" in table
     assert "| 600 | 0.00100 | 0.00400 | 0.25 | 0.00050 | 30.0 |" in table

@@ -140,8 +140,8 @@ def time_summary(evals: dict[str, dict[int, dict[str, str]]], mbpo_train: list[d
               if rows and rows[max(rows)].get("total_time")}
     lines = []
     if len(clocks) == 2:
-        lines += ["", f"Wall clock: DrQ-v2 {clocks['drqv2'] / 60:.1f} min, MBPO {clocks['mbpo'] / 60:.1f} min "
-                      f"({clocks['mbpo'] / clocks['drqv2']:.2f}x)."]
+        lines += ["", (f"Wall clock: DrQ-v2 {clocks['drqv2'] / 60:.1f} min, MBPO {clocks['mbpo'] / 60:.1f} min "
+                       f"({clocks['mbpo'] / clocks['drqv2']:.2f}x).")]
     timed = [r for r in mbpo_train if r.get("time/env")]
     if len(timed) >= 2:
         end = timed[-1]
@@ -151,8 +151,8 @@ def time_summary(evals: dict[str, dict[int, dict[str, str]]], mbpo_train: list[d
             parts = {p: (float(end.get(f"time/{p}") or 0) - float(start.get(f"time/{p}") or 0)) / per_k
                      for p in PHASES}
             split = ", ".join(f"{p} {v:.1f} s" for p, v in parts.items())
-            lines += ["", f"MBPO seconds per 1,000 frames (frames {start['frame']}-{end['frame']}): {split}; "
-                          f"{sum(parts.values()):.1f} s in all."]
+            lines += ["", (f"MBPO seconds per 1,000 frames (frames {start['frame']}-{end['frame']}): {split}; "
+                           f"{sum(parts.values()):.1f} s in all.")]
     return lines
 
 

@@ -15,7 +15,7 @@ this project's own CLIs (argument lists, no shell):
    fresh), one after the other or ``--parallel`` (one core each);
 4. ``summary``: a Markdown table of evaluation success and return at each evaluation, and the MBPO run's
    validation: open-loop MSE of the world model on held-out real segments next to copying the last context
-   frame (``val/mse``, ``val/copy_last_mse``).
+   frame (``val/mse``, ``val/copy_last_mse``), both runs' wall clock and MBPO's time per phase.
 
 Rerunning the script continues it: ``collect`` skips folders that hold episodes, and the training CLIs resume
 from their checkpoints (``resume=auto``). What it showed on the 2-core development machine is in docs/mbpo.md

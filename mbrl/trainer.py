@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
@@ -269,6 +270,9 @@ class Trainer:
         updates_due = Ratio(cfg.agent.updates_per_step)
         # Updates need both the exploration phase done and a full n-step window in the replay.
         learning_starts = max(cfg.agent.num_expl_steps, cfg.agent.nstep)
+        if self.agent.encoder_dtype != torch.float32:
+            tqdm.write(f"DrQ-v2 encoder convolutions in {str(self.agent.encoder_dtype)[6:]} "
+                       f"(agent.encoder_precision={cfg.agent.encoder_precision}; float32 is the paper's setting)")
         if self.step == 0 and cfg.demos:
             self._add_demos()
 

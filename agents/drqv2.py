@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from agents.nets import Actor, Critic, Encoder, RandomShift
 from mbrl.utils import Schedule, coerce_ints
-from world_model.precision import native_bf16
+from world_model.precision import PRECISIONS, autocast_to, resolve_precision
 
 
 class TransitionLike(Protocol):
@@ -67,7 +67,7 @@ class DrQV2Config:
         if not 0 <= self.discount <= 1:
             raise ValueError(f"agent.discount={self.discount} must be in [0, 1]")
         Schedule(self.std_schedule)  # fails early with a readable message
-        if self.encoder_precision not in ("auto", "float32", "bfloat16"):
+        if self.encoder_precision not in PRECISIONS:
             raise ValueError(f"agent.encoder_precision={self.encoder_precision!r} must be auto (bfloat16 where the "
                              "hardware has bf16 arithmetic), float32 or bfloat16")
 
@@ -86,10 +86,7 @@ class DrQV2Agent:
         self.device = torch.device(device)
         self.std = Schedule(cfg.std_schedule)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        if cfg.encoder_precision == "auto":
-            self.encoder_dtype = torch.bfloat16 if native_bf16(self.device) else torch.float32
-        else:
-            self.encoder_dtype = getattr(torch, cfg.encoder_precision)
+        self.encoder_dtype = resolve_precision(cfg.encoder_precision, self.device)
 
         self.encoder = Encoder(obs_shape, cfg.num_filters, cfg.num_conv_layers)
         repr_dim = self.encoder.repr_dim
@@ -129,9 +126,7 @@ class DrQV2Agent:
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         """Encoder features (B, repr_dim) in float32 of `_images` output; the convolutions run under autocast
         when `encoder_precision` is bfloat16 (the critic's Q values would lose too much in bf16)."""
-        if self.encoder_dtype == torch.float32:
-            return self.encoder(images)
-        with torch.autocast(self.device.type, dtype=self.encoder_dtype):
+        with autocast_to(self.device, self.encoder_dtype):
             features = self.encoder(images)
         return features.float()
 

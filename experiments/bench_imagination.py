@@ -28,7 +28,6 @@ other processes on the machine slow CPU runs down.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
@@ -40,6 +39,7 @@ import torch
 
 from world_model.imagination import ImaginationConfig
 from world_model.model import IVideoGPT
+from world_model.precision import autocast_to
 from world_model.reference_rollout import reference_rollout
 from world_model.transformer import WorldModelTransformer
 
@@ -148,7 +148,7 @@ def reference_decode_s(model: IVideoGPT, frames: torch.Tensor, device: torch.dev
     dtype = precisions[1] or precisions[0]
     tokenizer, batch = model.tokenizer, frames.shape[0]
     codes = torch.zeros(batch, 1, model.layout(1).tokens_per_future_frame, dtype=torch.long, device=device)
-    with torch.no_grad(), (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()):
+    with torch.no_grad(), autocast_to(device, dtype):
         context = tokenizer.context_cache(tokenizer.encode_context(frames))
         tokenizer.decode_future(codes, context)
         return min(timed(device, tokenizer.decode_future, codes, context) for _ in range(repeats))

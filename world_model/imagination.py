@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from world_model.layout import TokenLayout
-from world_model.precision import native_bf16
+from world_model.precision import PRECISIONS, autocast_to, resolve_precision
 from world_model.tokenizer import CompressiveTokenizer, ContextCache
 from world_model.transformer import KVCache, WorldModelTransformer
 
@@ -159,8 +159,8 @@ class ImaginationConfig:
             if getattr(self, name) not in (True, False, "auto"):
                 raise ValueError(f"ImaginationConfig.{name} must be True, False or 'auto', got {getattr(self, name)!r}")
         for name in ("precision", "decoder_precision", "prefill_precision"):
-            if getattr(self, name) not in ("auto", "float32", "bfloat16"):
-                raise ValueError(f"ImaginationConfig.{name} must be 'auto', 'float32' or 'bfloat16', "
+            if getattr(self, name) not in PRECISIONS:
+                raise ValueError(f"ImaginationConfig.{name} must be one of {', '.join(PRECISIONS)}, "
                                  f"got {getattr(self, name)!r}")
         if not self.graph_batch_sizes or min(self.graph_batch_sizes) < 1:
             raise ValueError(f"graph_batch_sizes must be positive batch sizes, got {self.graph_batch_sizes}")
@@ -173,12 +173,6 @@ class ImaginationConfig:
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device (it is on {device}); "
                              "use cuda_graphs='auto' to capture graphs only on CUDA")
 
-        def native_or(name: str, fallback: torch.dtype) -> torch.dtype:
-            value = getattr(self, name)
-            if value != "auto":
-                return getattr(torch, value)
-            return torch.bfloat16 if native_bf16(device) else fallback
-
         if self.precision == "auto":
             dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
         else:
@@ -187,8 +181,8 @@ class ImaginationConfig:
             compile=cuda if self.compile == "auto" else bool(self.compile),
             cuda_graphs=cuda if self.cuda_graphs == "auto" else bool(self.cuda_graphs),
             dtype=dtype,
-            decoder_dtype=native_or("decoder_precision", torch.float32),
-            prefill_dtype=native_or("prefill_precision", dtype),
+            decoder_dtype=resolve_precision(self.decoder_precision, device),
+            prefill_dtype=resolve_precision(self.prefill_precision, device, fallback=dtype),
         )
 
 
@@ -315,12 +309,6 @@ class Imaginer:
         settings = self.config.resolve(self.device)
         return replace(settings, cuda_graphs=settings.cuda_graphs or self._capture is not None)
 
-    def _autocast(self, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-        """Mixed precision for the convolutional tokenizer when it runs below float32."""
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def decoder_model(self, dtype: torch.dtype) -> WorldModelTransformer:
         """The transformer the token steps run: itself in float32, else a copy of it in ``dtype``.
 
@@ -381,11 +369,11 @@ class Imaginer:
                 state = self._static_rollout(model, rows, cache_len, temperature, top_k)
             else:
                 state = self._new_rollout(model, batch, cache_len, temperature, top_k)
-            with self._autocast(settings.decoder_dtype):
+            with autocast_to(self.device, settings.decoder_dtype):
                 ctx_codes = self.tokenizer.encode_context(frames)
                 context = self.tokenizer.context_cache(ctx_codes)
             # the prefill's long matrix products may run below the precision of float32 decode weights
-            with self._autocast(settings.prefill_dtype if settings.dtype == torch.float32 else torch.float32):
+            with autocast_to(self.device, settings.prefill_dtype):
                 model.prefill(pad_rows(layout.prefix(ctx_codes), state.batch_size), state.cache)
         state.pos.fill_(layout.prefix_length)
         self._active = _Active(state, batch, context, horizon, generator)
@@ -541,7 +529,7 @@ class Imaginer:
         if use_compile and "decode" not in self._compiled:
             self._compiled["decode"] = torch.compile(eager, backend=self.config.compile_backend)
         decode = self._compiled["decode"] if use_compile else eager
-        with eval_mode(self.tokenizer), self._autocast(dtype):
+        with eval_mode(self.tokenizer), autocast_to(self.device, dtype):
             try:
                 frames = decode(codes.unsqueeze(1), active.context)
             except Exception as err:  # compiler errors come in many types; bad input fails again eagerly below

@@ -21,6 +21,9 @@ import torch
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """``/proc/cpuinfo`` flags of CPUs with bf16 arithmetic in hardware."""
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+"""Values of a precision setting: ``auto`` is bfloat16 where it is native (:func:`native_bf16`)."""
+
 CPU_BF16_ENV = "IVG_CPU_BF16"
 """Set to 0 / 1 to force the CPU answer of :func:`native_bf16` (e.g. bit-for-bit comparisons across machines)."""
 
@@ -57,6 +60,21 @@ def native_bf16(device: torch.device) -> bool:
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast where it is native (:func:`native_bf16`), else a no-op (float32)."""
-    if enabled and native_bf16(device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return autocast_to(device, torch.bfloat16 if enabled and native_bf16(device) else None)
+
+
+def resolve_precision(setting: str, device: torch.device, fallback: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype a precision setting (one of :data:`PRECISIONS`) means on ``device``: ``auto`` is bfloat16
+    where it is native, else ``fallback``."""
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision {setting!r} must be one of {', '.join(PRECISIONS)}")
+    if setting == "auto":
+        return torch.bfloat16 if native_bf16(device) else fallback
+    return getattr(torch, setting)
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``; a no-op for None or float32 (whatever precision is in force stays)."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

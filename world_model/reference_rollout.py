@@ -17,12 +17,11 @@ them again for every frame). The reward is read where the engine reads it, at th
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from world_model.imagination import draw_noise, dynamics_logits, eval_mode, noise_width, sample_codes, symexp
 from world_model.model import IVideoGPT
+from world_model.precision import autocast_to
 
 
 @torch.no_grad()
@@ -57,17 +56,11 @@ def reference_rollout(model: IVideoGPT, context_frames: torch.Tensor, actions: t
     layout = model.layout(horizon)
     n, offset = layout.tokens_per_future_frame, layout.dynamics_offset
     width = noise_width(layout.dynamics_vocab_size, top_k)
-    precision = contextlib.nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast)
-
-    def pixels() -> contextlib.AbstractContextManager:
-        """The tokenizer's precision: ``decoder_autocast`` when given, else whatever ``autocast`` set."""
-        return contextlib.nullcontext() if decoder_autocast is None else \
-            torch.autocast(device.type, dtype=decoder_autocast)
-
+    precision = autocast_to(device, autocast)
     frames, rewards, all_codes = [], [], []
     with eval_mode(transformer, tokenizer), precision:
         with_zeros = torch.cat([context_frames, torch.zeros_like(context_frames)], dim=1)
-        with pixels():
+        with autocast_to(device, decoder_autocast):  # else whatever `autocast` set
             ctx_codes, _ = tokenizer.tokenize(with_zeros, layout.context_frames)
             context = tokenizer.context_cache(ctx_codes)
         ids = layout.prefix(ctx_codes)
@@ -97,7 +90,7 @@ def reference_rollout(model: IVideoGPT, context_frames: torch.Tensor, actions: t
             codes_t = torch.stack(codes, dim=1)
             reward = transformer.rewards(hidden)
             rewards.append(None if reward is None else symexp(reward.float()))
-            with pixels():
+            with autocast_to(device, decoder_autocast):  # else whatever `autocast` set
                 frame = tokenizer.decode_future(codes_t.unsqueeze(1), context)[:, 0]
             frames.append(frame.float().clamp(0.0, 1.0))
             all_codes.append(codes_t)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from world_model import precision
-from world_model.precision import autocast, cpu_has_native_bf16, native_bf16
+from world_model.precision import autocast, autocast_to, cpu_has_native_bf16, native_bf16, resolve_precision
 
 
 @pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16 avx2", True),
@@ -31,3 +31,22 @@ def test_environment_forces_the_cpu_answer_and_autocast_follows(monkeypatch):
     with pytest.raises(ValueError, match="IVG_CPU_BF16 must be 0 or 1"):
         native_bf16(torch.device("cpu"))
     assert not native_bf16(torch.device("meta"))
+
+
+def test_precision_settings_resolve_per_device_and_autocast_to_them(monkeypatch):
+    cpu, x = torch.device("cpu"), torch.ones(2, 2)
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
+    assert resolve_precision("auto", cpu) == torch.float32
+    assert resolve_precision("auto", cpu, fallback=torch.bfloat16) == torch.bfloat16
+    assert resolve_precision("bfloat16", cpu) == torch.bfloat16
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
+    assert resolve_precision("auto", cpu) == torch.bfloat16
+    assert resolve_precision("float32", cpu) == torch.float32
+    with pytest.raises(ValueError, match="'half' must be one of auto, float32, bfloat16"):
+        resolve_precision("half", cpu)
+    with autocast_to(cpu, torch.bfloat16):
+        assert (x @ x).dtype == torch.bfloat16
+        with autocast_to(cpu, None), autocast_to(cpu, torch.float32):  # no-ops: the outer precision stays
+            assert (x @ x).dtype == torch.bfloat16
+    with autocast_to(cpu, torch.float32):
+        assert (x @ x).dtype == torch.float32

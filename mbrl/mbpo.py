@@ -287,17 +287,17 @@ def build_world_model(cfg: MBPOConfig, action_dim: int, device: torch.device,
     if cfg.pretrained is not None:
         # its frame size is checked against the env's by the caller, which names the fix
         model = build_model(pretrained=cfg.pretrained, action_dim=action_dim, reward_head=True,
-                            attention_dropout=cfg.attention_dropout, reward_alignment=cfg.reward_alignment)
+                            attention_dropout=cfg.attention_dropout, reward_alignment=cfg.reward_alignment,
+                            imagination=cfg.imagination)
         origin = f"fine-tuned from {cfg.pretrained}"
     else:
         preset, why = resolve_preset(cfg.preset, device)
         model = build_model(preset, action_dim=action_dim, reward_head=True, image_size=image_size,
-                            reward_alignment=cfg.reward_alignment)
+                            reward_alignment=cfg.reward_alignment, imagination=cfg.imagination)
         size = f", {image_size}x{image_size} frames" if image_size is not None else ""
         origin = f"preset {preset} ({why}{size}), from scratch"
     if model.action_dim != action_dim:
         raise ValueError(f"the world model takes {model.action_dim}-d actions but the env has {action_dim}")
-    model.imaginer.config = cfg.imagination
     params = num_parameters(model.tokenizer) + num_parameters(model.transformer)
     return model.to(device), f"{origin}, {params / 1e6:.1f}M parameters"
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mbrl.replay import SegmentBatch
-from world_model.imagination import module_mode
+from world_model.imagination import ImaginationConfig, module_mode
 from world_model.layout import RewardAlignment
 from world_model.model import IVideoGPT, base_layout
 from world_model.precision import autocast
@@ -86,7 +86,8 @@ def build_model(preset: str = "cpu", pretrained: str | os.PathLike | None = None
                 reward_head: bool = False, image_size: int | None = None, context_frames: int | None = None,
                 attention_dropout: float | None = None, reward_alignment: RewardAlignment = "clean",
                 tokenizer_overrides: Mapping[str, Any] | None = None,
-                transformer_overrides: Mapping[str, Any] | None = None) -> IVideoGPT:
+                transformer_overrides: Mapping[str, Any] | None = None,
+                imagination: ImaginationConfig | None = None) -> IVideoGPT:
     """A world model to train: fresh from a named preset, or loaded from a checkpoint folder to fine-tune.
 
     Args:
@@ -105,6 +106,7 @@ def build_model(preset: str = "cpu", pretrained: str | os.PathLike | None = None
         reward_alignment: ``clean`` or ``official`` (see ``IVideoGPT``).
         tokenizer_overrides / transformer_overrides: ``TokenizerConfig`` / ``TransformerConfig`` fields to
             change in a fresh model (e.g. a smaller test model); block types follow ``block_out_channels``.
+        imagination: the rollout engine's knobs (default ``ImaginationConfig()``).
 
     Returns:
         the model on the CPU, in eval mode.
@@ -114,7 +116,8 @@ def build_model(preset: str = "cpu", pretrained: str | os.PathLike | None = None
             raise ValueError("tokenizer/transformer overrides change the architecture of a fresh model; they do "
                              "not apply to a pretrained checkpoint (drop them or the pretrained path)")
         model = IVideoGPT.from_pretrained(pretrained, action_dim=action_dim, reward_head=reward_head or None,
-                                          attention_dropout=attention_dropout, reward_alignment=reward_alignment)
+                                          attention_dropout=attention_dropout, reward_alignment=reward_alignment,
+                                          imagination=imagination)
         tokenizer = model.tokenizer
         if image_size is not None and image_size != tokenizer.config.resolution:
             raise ValueError(f"the checkpoint's tokenizer takes {tokenizer.config.resolution}x"
@@ -122,7 +125,8 @@ def build_model(preset: str = "cpu", pretrained: str | os.PathLike | None = None
                              "record the data at the checkpoint's size")
         if context_frames is not None and context_frames != model.context_frames:
             tokenizer.set_context_length(context_frames)
-            model = IVideoGPT(tokenizer, model.transformer, reward_alignment=reward_alignment).eval()
+            model = IVideoGPT(tokenizer, model.transformer, reward_alignment=reward_alignment,
+                              imagination=imagination).eval()
         return model
     spec = get_preset(preset)
     base = TokenizerConfig.preset(spec.tokenizer)
@@ -145,7 +149,8 @@ def build_model(preset: str = "cpu", pretrained: str | os.PathLike | None = None
         tf_overrides.setdefault("attention_dropout", attention_dropout)
     tf_cfg = _replace_checked(tf_cfg, tf_overrides, "transformer")
     transformer = WorldModelTransformer(tf_cfg, action_dim=action_dim, reward_head=reward_head)
-    return IVideoGPT(CompressiveTokenizer(tok_cfg), transformer, reward_alignment=reward_alignment).eval()
+    return IVideoGPT(CompressiveTokenizer(tok_cfg), transformer, reward_alignment=reward_alignment,
+                     imagination=imagination).eval()
 
 
 def _replace_checked(config: Any, overrides: Mapping[str, Any], what: str) -> Any:

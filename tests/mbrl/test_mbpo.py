@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
-from mbrl.mbpo import MBPO, Cadence, MBPOConfig, ScheduleConfig, build_schedule, draw_text
+from mbrl.mbpo import MBPO, Cadence, MBPOConfig, ScheduleConfig, build_schedule, build_world_model, draw_text
 from mbrl.replay import ReplayBuffer
 from world_model.imagination import ImaginationConfig
 
@@ -76,10 +76,14 @@ def test_bad_config_values_are_one_line_errors(override, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
-def test_the_engine_knobs_reach_the_world_model(tmp_path):
+def test_the_engine_knobs_reach_the_world_model(tmp_path, tiny_checkpoint):
     mbpo = tiny_mbpo(filled_replay(), tmp_path, imagination={"compile": False, "prefill_precision": "bfloat16"})
     assert mbpo.model.imaginer.config == ImaginationConfig(compile=False, prefill_precision="bfloat16")
     assert MBPOConfig.from_dict({}).imagination == ImaginationConfig()
+    engine = ImaginationConfig(cuda_graphs=False, decoder_precision="float32")
+    tuned, _ = build_world_model(MBPOConfig(pretrained=str(tiny_checkpoint), imagination=engine), 4,
+                                 torch.device("cpu"))
+    assert tuned.imaginer.config == engine
 
 
 def test_codebooks_are_frozen_when_fine_tuning(tiny_checkpoint):

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from agents.drqv2 import DrQV2Agent, DrQV2Config
 from mbrl.replay import TransitionBatch
 
+BF16_VARIANT = "drqv2 bf16-encoder"  # the agent with agent.encoder_precision=bfloat16
+
 
 def make_batch(batch_size: int, obs_shape: tuple[int, int, int], action_dim: int) -> TransitionBatch:
     g = torch.Generator().manual_seed(0)
@@ -115,7 +117,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--updates", type=int, default=5, help="timed updates per variant")
     parser.add_argument("--variants", nargs="+", default=["reference-style", "drqv2 nchw", "drqv2"],
-                        help="also: 'drqv2 bf16-encoder' (agent.encoder_precision=bfloat16)")
+                        help=f"also: '{BF16_VARIANT}' (agent.encoder_precision=bfloat16)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = parser.parse_args()
     obs_shape = tuple(int(d) for d in args.obs.split("x"))
@@ -127,9 +129,8 @@ def main() -> None:
         for variant in args.variants:
             torch.manual_seed(0)
             agent = DrQV2Agent(
-                obs_shape, 4, DrQV2Config(batch_size=args.batch, channels_last=variant.startswith("drqv2 bf16")
-                                          or variant == "drqv2",
-                                          encoder_precision="bfloat16" if "bf16" in variant else "float32")
+                obs_shape, 4, DrQV2Config(batch_size=args.batch, channels_last=variant in ("drqv2", BF16_VARIANT),
+                                          encoder_precision="bfloat16" if variant == BF16_VARIANT else "float32")
             )
             update = ReferenceStyleUpdate(agent) if variant == "reference-style" else agent.update
             seconds = time_updates(update, batch, args.updates)

@@ -26,11 +26,12 @@ beat copying the last frame on reach; its tokenizer reconstructs about as well a
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from mbrl.logger import read_rows
 
 PRETRAIN_TASKS = ("door_open", "drawer_open", "button_press", "push", "window_open", "drawer_close",
                   "handle_pull", "plate_slide")
@@ -98,16 +99,9 @@ def runs(a: argparse.Namespace, root: Path) -> None:
             raise SystemExit(f"the {method} run failed ({proc.returncode}); see {root / f'{method}.log'}")
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def summary(root: Path) -> str:
     """Markdown: evaluation of both runs at each evaluated frame, then the MBPO run's validations."""
-    evals = {m: {int(r["frame"]): r for r in read_csv(root / m / "eval.csv")} for m in ("drqv2", "mbpo")}
+    evals = {m: {int(r["frame"]): r for r in read_rows(root / m / "eval.csv")} for m in ("drqv2", "mbpo")}
     lines = ["| frame | DrQ-v2 success | DrQ-v2 return | MBPO success | MBPO return |", "|---|---|---|---|---|"]
 
     def cell(row: dict[str, str] | None, key: str, spec: str) -> str:
@@ -117,7 +111,7 @@ def summary(root: Path) -> str:
         d, m = evals["drqv2"].get(frame), evals["mbpo"].get(frame)
         lines.append(f"| {frame} | {cell(d, 'eval/success_rate', '.2f')} | {cell(d, 'eval/episode_return', '.0f')} "
                      f"| {cell(m, 'eval/success_rate', '.2f')} | {cell(m, 'eval/episode_return', '.0f')} |")
-    vals = [r for r in read_csv(root / "mbpo" / "train.csv") if r.get("val/mse")]
+    vals = [r for r in read_rows(root / "mbpo" / "train.csv") if r.get("val/mse")]
     if vals:
         lines += ["", "| frame | world model open-loop MSE | copy-last MSE | ratio | tokenizer recon MSE | PSNR |",
                   "|---|---|---|---|---|---|"]
@@ -126,7 +120,7 @@ def summary(root: Path) -> str:
             recon = cell(r, "val/recon_mse", ".5f")
             lines.append(f"| {r['frame']} | {mse:.5f} | {copy:.5f} | {mse / copy:.2f} | {recon} | "
                          f"{cell(r, 'val/psnr', '.1f')} |")
-    lines += time_summary(evals, read_csv(root / "mbpo" / "train.csv"))
+    lines += time_summary(evals, read_rows(root / "mbpo" / "train.csv"))
     return "\n".join(lines)
 
 

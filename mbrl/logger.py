@@ -89,10 +89,7 @@ class CSVWriter:
             csv.DictWriter(f, self.columns).writerow(row)
 
     def _read(self) -> list[dict[str, str]]:
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="") as f:
-            return list(csv.DictReader(f))
+        return read_rows(self.path)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -200,6 +197,15 @@ class Logger:
             parts.append(f"{label}: {text}")
         color = "yellow" if section == "train" else "green"
         return f"{colored(f'| {section:<5}', color)} | " + " | ".join(parts)
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV log (`train.csv`, `eval.csv`) as dicts of strings; [] when it does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def config_changes(run_dir: str | Path, record: Mapping[str, Any], ignore: tuple[str, ...] = ("resume",)

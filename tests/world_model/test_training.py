@@ -7,7 +7,6 @@ that a few hundred updates fit in well under a minute on one busy core.
 """
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import read_csv
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -74,11 +74,6 @@ def compose_config(*overrides: str) -> WorldModelTrainConfig:
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose(config_name="world_model_train", overrides=list(overrides))
     return WorldModelTrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # ------------------------------------------------------------------------------------------ units

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from world_model.blocks import SLOW_CHANNELS_LAST_NORM_POSITIONS, GroupNorm, _slow_norm_layout
 from world_model.tokenizer import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -324,3 +325,26 @@ def test_short_training_run_lowers_reconstruction_error() -> None:
     assert parts["recon_l1"].item() < 0.5 * first["recon_l1"]
     assert parts["ref_recon_l1"].item() < 0.5 * first["ref_recon_l1"]
     assert token_l1() < 0.5 * before
+
+
+@pytest.mark.parametrize("size", [8, 16, 32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_group_norm_matches_torch_in_every_layout(size: int, dtype: torch.dtype) -> None:
+    """The tokenizer's GroupNorm takes a detour for small channels-last bf16 maps on CPU; it must give
+    nn.GroupNorm's result in nn.GroupNorm's layout, with the same state-dict keys."""
+    torch.manual_seed(0)
+    ours = GroupNorm(8, 32, eps=1e-6)
+    reference = nn.GroupNorm(8, 32, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.normal_()
+        ours.bias.normal_()
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 32, size, size).to(dtype)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        got, want = ours(xl), reference(xl)
+        assert got.dtype == want.dtype and got.is_contiguous(memory_format=layout)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    detour = _slow_norm_layout(x.contiguous(memory_format=torch.channels_last))
+    assert detour == (dtype == torch.bfloat16 and size * size <= SLOW_CHANNELS_LAST_NORM_POSITIONS)

@@ -2,6 +2,7 @@
 
     python experiments/learning_check.py [--out runs/learning_check] [--stages collect,pretrain,runs,summary]
         [--task reach] [--image-size 64] [--frames 6000] [--seed 1] [--pretrain-steps 3000] [--threads 1]
+        [--pretrained DIR] [--methods drqv2,mbpo]
 
 Not a paper setting: a few hours on a 2-core CPU instead of days on a GPU. The stages, each a subprocess of
 this project's own CLIs (argument lists, no shell):
@@ -12,7 +13,9 @@ this project's own CLIs (argument lists, no shell):
    preset), the way the paper pre-trains on robot videos before fine-tuning;
 3. ``runs``: on ``--task``, same seed, same frames, ``demos`` scripted episodes in the replay: DrQ-v2 alone
    (``world_model=none``) and MBPO fine-tuning the pre-trained world model (action map and reward head added
-   fresh), one after the other or ``--parallel`` (one core each);
+   fresh), one after the other or ``--parallel`` (one core each). ``--pretrained`` fine-tunes another
+   checkpoint (e.g. a longer pre-training run) instead of the ``pretrain`` stage's; ``--methods mbpo`` reruns
+   MBPO alone (DrQ-v2 on one CPU thread is deterministic for a seed, so its run can be reused);
 4. ``summary``: a Markdown table of evaluation success and return at each evaluation, and the MBPO run's
    validation: open-loop MSE of the world model on held-out real segments next to copying the last context
    frame (``val/mse``, ``val/copy_last_mse``), both runs' wall clock and MBPO's time per phase.
@@ -82,15 +85,23 @@ def train_args(a: argparse.Namespace, root: Path, method: str) -> list[str]:
               "logging.progress_bar=false", f"hydra.run.dir={root / method}"]
     if method == "drqv2":
         return [*common, "world_model=none"]
-    return [*common, "world_model=ivideogpt", f"world_model.pretrained={root / 'pretrain' / 'checkpoint'}",
+    return [*common, "world_model=ivideogpt", f"world_model.pretrained={pretrained_checkpoint(a, root)}",
             "world_model.attention_dropout=0.0",  # as pre-trained (a checkpoint otherwise gets the paper's 0.1)
             "world_model.schedule.init_train_steps=100", "world_model.schedule.imagination_start_frames=1000",
             "world_model.schedule.validate_every_episodes=2"]
 
 
+def pretrained_checkpoint(a: argparse.Namespace, root: Path) -> Path:
+    """The world model MBPO fine-tunes: ``--pretrained`` or the ``pretrain`` stage's checkpoint."""
+    return Path(a.pretrained) if getattr(a, "pretrained", None) else root / "pretrain" / "checkpoint"
+
+
 def runs(a: argparse.Namespace, root: Path) -> None:
+    if "mbpo" in a.methods and not pretrained_checkpoint(a, root).is_dir():
+        raise SystemExit(f"no pre-trained world model at {pretrained_checkpoint(a, root)}: run the pretrain stage "
+                         "or pass --pretrained DIR")
     procs = []
-    for method in ("drqv2", "mbpo"):
+    for method in a.methods:
         proc = run(train_args(a, root, method), root / f"{method}.log", wait=not a.parallel)
         if proc is not None:
             procs.append((method, proc))
@@ -165,7 +176,13 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--parallel", action="store_true", help="run DrQ-v2 and MBPO at the same time")
+    parser.add_argument("--pretrained", default=None,
+                        help="world-model checkpoint MBPO fine-tunes (default: OUT/pretrain/checkpoint)")
+    parser.add_argument("--methods", default="drqv2,mbpo", help="runs of the runs stage: drqv2, mbpo or both")
     a = parser.parse_args()
+    a.methods = [m for m in a.methods.split(",") if m]
+    if not a.methods or set(a.methods) - {"drqv2", "mbpo"}:
+        parser.error(f"--methods {','.join(a.methods)}: choose drqv2, mbpo or both (comma-separated)")
     a.pretrain_tasks = [t for t in a.pretrain_tasks.split(",") if t]
     if a.task in a.pretrain_tasks:
         parser.error(f"--task {a.task} is among --pretrain-tasks: pre-train on other tasks")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "experiments" / "learning_check.py"
 spec = importlib.util.spec_from_file_location("learning_check", SCRIPT)
@@ -56,3 +58,17 @@ def test_the_target_task_is_refused_as_pretraining_data(tmp_path):
     out = subprocess.run([sys.executable, str(SCRIPT), "--task", "push", "--out", str(tmp_path)],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 2 and "--task push is among --pretrain-tasks" in out.stderr
+
+
+def test_a_given_checkpoint_replaces_the_pretrain_stage_and_a_missing_one_is_named(tmp_path):
+    a = argparse.Namespace(task="reach", seed=1, demos=5, threads=1, frames=4000, eval_every=1000, image_size=64,
+                           pretrained=str(tmp_path / "elsewhere"), methods=["mbpo"], parallel=False)
+    assert f"world_model.pretrained={tmp_path / 'elsewhere'}" in learning_check.train_args(a, tmp_path, "mbpo")
+    with pytest.raises(SystemExit, match="no pre-trained world model at .*elsewhere: run the pretrain stage"):
+        learning_check.runs(a, tmp_path)
+
+
+def test_unknown_methods_are_refused(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--methods", "mbpo,dreamer", "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and "--methods mbpo,dreamer: choose drqv2, mbpo or both" in out.stderr

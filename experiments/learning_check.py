@@ -22,7 +22,7 @@ this project's own CLIs (argument lists, no shell):
 
 Rerunning the script continues it: ``collect`` skips folders that hold episodes, and the training CLIs resume
 from their checkpoints (``resume=auto``). What it showed on the 2-core development machine is in docs/mbpo.md
-("What a CPU run shows"): after 3,000 pre-training steps (about an hour here) the world model still does not
+("What a CPU run shows"): after 6,000 pre-training steps (about two hours here) the world model still does not
 beat copying the last frame on reach; its tokenizer reconstructs about as well as copy-last does.
 """
 

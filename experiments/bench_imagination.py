@@ -39,7 +39,7 @@ import torch
 
 from world_model.imagination import ImaginationConfig
 from world_model.model import IVideoGPT
-from world_model.precision import autocast_to
+from world_model.precision import autocast_to, dtype_name
 from world_model.reference_rollout import reference_rollout
 from world_model.transformer import WorldModelTransformer
 
@@ -335,8 +335,8 @@ def main() -> None:
     config = ImaginationConfig(compile={"auto": "auto", "true": True, "false": False}[args.compile],
                                precision=args.precision)
     engine = config.resolve(device)
-    machine["engine_precision"] = (f"transformer {str(engine.dtype)[6:]} (prefill {str(engine.prefill_dtype)[6:]}), "
-                                   f"tokenizer {str(engine.decoder_dtype)[6:]}")
+    machine["engine_precision"] = (f"transformer {dtype_name(engine.dtype)} (prefill {dtype_name(engine.prefill_dtype)}), "
+                                   f"tokenizer {dtype_name(engine.decoder_dtype)}")
     machine["engine_compiled"] = engine.compile
     ref_autocast = "bfloat16 autocast" if device.type == "cuda" else "float32"
     machine["reference_precision"] = (f"{ref_autocast} (the official code's)" if args.reference_decoder == "official"

@@ -49,6 +49,7 @@ from mbrl.utils import (
     set_seed,
 )
 from mbrl.video import VideoRecorder
+from world_model.precision import dtype_name
 
 if TYPE_CHECKING:  # the world-model stack is imported only by runs that use it (mbrl.mbpo)
     from mbrl.mbpo import MBPOConfig
@@ -271,7 +272,7 @@ class Trainer:
         # Updates need both the exploration phase done and a full n-step window in the replay.
         learning_starts = max(cfg.agent.num_expl_steps, cfg.agent.nstep)
         if self.agent.encoder_dtype != torch.float32:
-            tqdm.write(f"DrQ-v2 encoder convolutions in {str(self.agent.encoder_dtype)[6:]} "
+            tqdm.write(f"DrQ-v2 encoder convolutions in {dtype_name(self.agent.encoder_dtype)} "
                        f"(agent.encoder_precision={cfg.agent.encoder_precision}; float32 is the paper's setting)")
         if self.step == 0 and cfg.demos:
             self._add_demos()

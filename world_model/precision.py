@@ -78,3 +78,8 @@ def autocast_to(device: torch.device, dtype: torch.dtype | None) -> contextlib.A
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the spelling of a precision setting."""
+    return str(dtype).removeprefix("torch.")

@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from world_model import precision
-from world_model.precision import autocast, autocast_to, cpu_has_native_bf16, native_bf16, resolve_precision
+from world_model.precision import (
+    autocast,
+    autocast_to,
+    cpu_has_native_bf16,
+    dtype_name,
+    native_bf16,
+    resolve_precision,
+)
 
 
 @pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16 avx2", True),
@@ -44,6 +51,8 @@ def test_precision_settings_resolve_per_device_and_autocast_to_them(monkeypatch)
     assert resolve_precision("float32", cpu) == torch.float32
     with pytest.raises(ValueError, match="'half' must be one of auto, float32, bfloat16"):
         resolve_precision("half", cpu)
+    assert [resolve_precision(dtype_name(d), cpu) for d in (torch.float32, torch.bfloat16)] == \
+        [torch.float32, torch.bfloat16]  # a dtype's name is its setting
     with autocast_to(cpu, torch.bfloat16):
         assert (x @ x).dtype == torch.bfloat16
         with autocast_to(cpu, None), autocast_to(cpu, torch.float32):  # no-ops: the outer precision stays

@@ -93,7 +93,7 @@ def train_args(a: argparse.Namespace, root: Path, method: str) -> list[str]:
 
 def pretrained_checkpoint(a: argparse.Namespace, root: Path) -> Path:
     """The world model MBPO fine-tunes: ``--pretrained`` or the ``pretrain`` stage's checkpoint."""
-    return Path(a.pretrained) if getattr(a, "pretrained", None) else root / "pretrain" / "checkpoint"
+    return Path(a.pretrained) if a.pretrained else root / "pretrain" / "checkpoint"
 
 
 def runs(a: argparse.Namespace, root: Path) -> None:
@@ -122,7 +122,8 @@ def summary(root: Path) -> str:
         d, m = evals["drqv2"].get(frame), evals["mbpo"].get(frame)
         lines.append(f"| {frame} | {cell(d, 'eval/success_rate', '.2f')} | {cell(d, 'eval/episode_return', '.0f')} "
                      f"| {cell(m, 'eval/success_rate', '.2f')} | {cell(m, 'eval/episode_return', '.0f')} |")
-    vals = [r for r in read_rows(root / "mbpo" / "train.csv") if r.get("val/mse")]
+    mbpo_train = read_rows(root / "mbpo" / "train.csv")
+    vals = [r for r in mbpo_train if r.get("val/mse")]
     if vals:
         lines += ["", "| frame | world model open-loop MSE | copy-last MSE | ratio | tokenizer recon MSE | PSNR |",
                   "|---|---|---|---|---|---|"]
@@ -131,7 +132,7 @@ def summary(root: Path) -> str:
             recon = cell(r, "val/recon_mse", ".5f")
             lines.append(f"| {r['frame']} | {mse:.5f} | {copy:.5f} | {mse / copy:.2f} | {recon} | "
                          f"{cell(r, 'val/psnr', '.1f')} |")
-    lines += time_summary(evals, read_rows(root / "mbpo" / "train.csv"))
+    lines += time_summary(evals, mbpo_train)
     return "\n".join(lines)
 
 

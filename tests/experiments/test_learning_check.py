@@ -46,7 +46,8 @@ def test_summary_puts_both_runs_and_the_validation_side_by_side(tmp_path):
 
 
 def test_runs_compare_the_same_task_seed_and_frames_with_and_without_the_world_model(tmp_path):
-    a = argparse.Namespace(task="reach", seed=3, demos=5, threads=1, frames=4000, eval_every=1000, image_size=32)
+    a = argparse.Namespace(task="reach", seed=3, demos=5, threads=1, frames=4000, eval_every=1000, image_size=32,
+                           pretrained=None)
     drqv2, mbpo = (learning_check.train_args(a, tmp_path, m) for m in ("drqv2", "mbpo"))
     assert "world_model=none" in drqv2 and "world_model=ivideogpt" in mbpo
     assert f"world_model.pretrained={tmp_path / 'pretrain' / 'checkpoint'}" in mbpo

@@ -23,8 +23,8 @@ CROSS_ATTENTION_HEADS = 4
 # The official cross-attention uses dropout 0.1 (attention weights and residual). The official MBRL loop
 # keeps the tokenizer in eval mode even while fine-tuning it, so this only acts if a caller calls train().
 CROSS_ATTENTION_DROPOUT = 0.1
-# PyTorch's CPU group norm has a slow kernel for channels-last reduced-precision maps of at most this many
-# positions (16x16); see ``GroupNorm``.
+# PyTorch's CPU group norm has a slow kernel for channels-last bf16 maps of at most this many positions
+# (16x16); see ``GroupNorm``.
 SLOW_CHANNELS_LAST_NORM_POSITIONS = 256
 
 
@@ -47,7 +47,7 @@ class GroupNorm(nn.GroupNorm):
 def _slow_norm_layout(x: torch.Tensor) -> bool:
     """Whether ``x`` ``(N, C, H, W)`` would take the CPU's slow channels-last group-norm path."""
     return (not torch.compiler.is_compiling()  # inductor generates its own norm kernels
-            and x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.bfloat16, torch.float16)
+            and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.bfloat16
             and x.shape[2] * x.shape[3] <= SLOW_CHANNELS_LAST_NORM_POSITIONS
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
 

@@ -7,6 +7,7 @@ the positions of slot tokens (where actions are added) and of reward read-outs (
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -152,9 +153,14 @@ class Attention(nn.Module):
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        return (_apply_rotary(q, cos, sin), *self._keys_values(x, cos, sin))
+
+    def _keys_values(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, length, _ = x.shape
         k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        return _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin), v
+        return _apply_rotary(k, cos, sin), v
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                 causal: bool) -> torch.Tensor:
@@ -174,6 +180,14 @@ class Attention(nn.Module):
             cache[0][:, :, :k.shape[2]] = k
             cache[1][:, :, :v.shape[2]] = v
         return self._attend(q, k, v, None, causal=True)
+
+    def store(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              cache: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Only the cache half of :meth:`forward`: write the keys/values of ``x`` (B, S, H) to
+        ``cache[:, :, :S]``, attend to nothing."""
+        k, v = self._keys_values(x, cos, sin)
+        cache[0][:, :, :k.shape[2]] = k
+        cache[1][:, :, :v.shape[2]] = v
 
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
                mask: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
@@ -239,6 +253,11 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def store(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              cache: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Write this layer's keys/values of ``x`` (B, S, H) to ``cache`` without computing its output."""
+        self.self_attn.store(self.input_layernorm(x), cos, sin, cache)
+
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
                mask: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
         x = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, pos, mask, cache, layer)
@@ -294,6 +313,12 @@ class KVCache:
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[index], self.v[index]
+
+    def rows(self, rows: slice) -> KVCache:
+        """The cache of rollouts ``rows`` as a view: writes through it (e.g. a prefill) land in this cache."""
+        view = copy.copy(self)
+        view.k, view.v = self.k[:, rows], self.v[:, rows]
+        return view
 
     def write(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store one token's keys/values ``(B, kv_heads, 1, head_dim)`` at position ``pos`` (1,) of ``layer``.
@@ -407,12 +432,15 @@ class WorldModelTransformer(nn.Module):
         return TransformerOutput(hidden, self.llm.lm_head(hidden) if return_logits else None)
 
     def _run(self, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-        rotary = self.llm.model.rotary
-        length = x.shape[1]
-        cos, sin = rotary.cos[:length], rotary.sin[:length]
+        cos, sin = self._rotary_tables(x.shape[1])
         for index, layer in enumerate(self.llm.model.layers):
             x = layer(x, cos, sin, None if cache is None else cache.layer(index))
         return self.llm.model.norm(x)
+
+    def _rotary_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (length, head_dim) for positions 0 .. length - 1."""
+        rotary = self.llm.model.rotary
+        return rotary.cos[:length], rotary.sin[:length]
 
     def rewards(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Raw reward head output (symlog space) for hidden states (..., H) -> (...); None without head."""
@@ -438,12 +466,30 @@ class WorldModelTransformer(nn.Module):
         Returns:
             logits (B, V) and hidden (B, H) of the last prefix position.
         """
+        self._check_prefix(ids, cache)
+        hidden = self._run(self._embed(ids, slot_actions, slot_positions), cache)[:, -1]
+        return self.llm.lm_head(hidden), hidden
+
+    def fill_cache(self, ids: torch.Tensor, cache: KVCache, slot_actions: torch.Tensor | None = None,
+                   slot_positions: torch.Tensor | None = None) -> None:
+        """:meth:`prefill` for a caller that feeds the next token itself: store the prefix's keys/values
+        and skip what only the outputs need (the last layer's attention and MLP, the final norm, the head).
+
+        Args: as :meth:`prefill`.
+        """
+        self._check_prefix(ids, cache)
+        x = self._embed(ids, slot_actions, slot_positions)
+        cos, sin = self._rotary_tables(x.shape[1])
+        *layers, last = self.llm.model.layers
+        for index, layer in enumerate(layers):
+            x = layer(x, cos, sin, cache.layer(index))
+        last.store(x, cos, sin, cache.layer(len(layers)))
+
+    @staticmethod
+    def _check_prefix(ids: torch.Tensor, cache: KVCache) -> None:
         if ids.shape[1] > cache.max_len or ids.shape[0] != cache.batch_size:
             raise ValueError(f"prefix {tuple(ids.shape)} does not fit a KV cache of batch {cache.batch_size} "
                              f"and length {cache.max_len}")
-        x = self._embed(ids, slot_actions, slot_positions)
-        hidden = self._run(x, cache)[:, -1]
-        return self.llm.lm_head(hidden), hidden
 
     def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache,
                     action: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

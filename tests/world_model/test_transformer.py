@@ -118,6 +118,27 @@ def test_kv_cached_decoding_equals_full_forward(kv_heads, prefix):
             pos += 1
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_fill_cache_stores_what_prefill_stores(kv_heads):
+    torch.manual_seed(0)
+    model = randomised(WorldModelTransformer(small_config(num_key_value_heads=kv_heads), action_dim=3))
+    ids, slots = torch.randint(0, 40, (3, 12)), torch.tensor([4, 9])
+    actions = torch.randn(3, 2, 3)
+    with torch.no_grad():
+        prefilled, filled = model.new_cache(3, max_len=15), model.new_cache(3, max_len=15)
+        model.prefill(ids, prefilled, actions, slots)
+        assert model.fill_cache(ids, filled, actions, slots) is None
+    torch.testing.assert_close(filled.k, prefilled.k, atol=0, rtol=0)
+    torch.testing.assert_close(filled.v, prefilled.v, atol=0, rtol=0)
+    assert filled.k[:, :, :, 12:].abs().sum() == 0  # nothing past the prefix
+
+
+def test_fill_cache_refuses_a_prefix_that_does_not_fit():
+    model = WorldModelTransformer(small_config())
+    with pytest.raises(ValueError, match="does not fit a KV cache"):
+        model.fill_cache(torch.zeros(2, 9, dtype=torch.long), model.new_cache(2, max_len=8))
+
+
 def test_actions_only_affect_positions_from_their_slot():
     torch.manual_seed(0)
     model = randomised(WorldModelTransformer(small_config(), action_dim=2))

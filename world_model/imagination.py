@@ -142,6 +142,10 @@ class ImaginationConfig:
             native, float32 elsewhere (on this project's development CPU, B=32: 0.42 s -> 0.27 s per prefill).
         graph_batch_sizes: padded batch sizes graphs are captured for; a batch runs in the smallest one that
             holds it (a larger batch gets a graph of its own size).
+        cpu_chunk_rows: on a CPU, ``reset`` (context encoding, the context's decoder features, the prefill)
+            and frame decoding run the batch this many rollouts at a time, so that their activations stay in
+            the CPU's cache instead of streaming through memory (the token steps always run the whole batch);
+            None: the whole batch at once. On GPUs the whole batch always runs at once.
         compile_backend: ``torch.compile`` backend, a name or a callable (``"eager"`` traces without code
             generation: a check that the step has no graph breaks or host syncs).
     """
@@ -152,6 +156,7 @@ class ImaginationConfig:
     decoder_precision: Precision = "auto"
     prefill_precision: Precision = "auto"
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    cpu_chunk_rows: int | None = 8
     compile_backend: str | Callable = "inductor"
 
     def __post_init__(self) -> None:
@@ -165,6 +170,11 @@ class ImaginationConfig:
         if not self.graph_batch_sizes or min(self.graph_batch_sizes) < 1:
             raise ValueError(f"graph_batch_sizes must be positive batch sizes, got {self.graph_batch_sizes}")
         object.__setattr__(self, "graph_batch_sizes", tuple(sorted(set(self.graph_batch_sizes))))
+        if self.cpu_chunk_rows is not None and (isinstance(self.cpu_chunk_rows, bool)
+                                                or not isinstance(self.cpu_chunk_rows, int)
+                                                or self.cpu_chunk_rows < 1):
+            raise ValueError(f"cpu_chunk_rows must be a positive number of rollouts or None (the whole batch), "
+                             f"got {self.cpu_chunk_rows!r}")
 
     def resolve(self, device: torch.device) -> EngineSettings:
         """What these knobs mean on ``device``; explicit CUDA graphs off CUDA are an error."""
@@ -183,6 +193,7 @@ class ImaginationConfig:
             dtype=dtype,
             decoder_dtype=resolve_precision(self.decoder_precision, device),
             prefill_dtype=resolve_precision(self.prefill_precision, device, fallback=dtype),
+            chunk_rows=self.cpu_chunk_rows if device.type == "cpu" else None,
         )
 
 
@@ -195,6 +206,7 @@ class EngineSettings:
         dtype: the transformer's decode weights and KV cache.
         decoder_dtype: autocast dtype of the tokenizer calls.
         prefill_dtype: autocast dtype of the context prefill.
+        chunk_rows: rollouts per chunk of ``reset`` and frame decoding; None: the whole batch at once.
     """
 
     compile: bool
@@ -202,6 +214,13 @@ class EngineSettings:
     dtype: torch.dtype
     decoder_dtype: torch.dtype
     prefill_dtype: torch.dtype
+    chunk_rows: int | None = None
+
+
+def row_chunks(batch: int, rows: int | None) -> list[slice]:
+    """Consecutive slices of at most ``rows`` rows that cover ``batch`` rows (one slice when ``rows`` is None)."""
+    step = batch if rows is None else rows
+    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
 
 
 def padded_batch_size(batch: int, sizes: tuple[int, ...]) -> int:
@@ -264,7 +283,8 @@ class _Active:
 
     state: StaticRollout
     batch: int
-    context: ContextCache
+    chunks: list[slice]
+    contexts: list[ContextCache]
     horizon: int
     generator: torch.Generator | None
     steps: int = 0
@@ -291,6 +311,7 @@ class Imaginer:
         self._capture = capture
         self._replica: WorldModelTransformer | None = None
         self._static: dict[tuple, StaticRollout] = {}
+        self._eager: tuple[tuple, WorldModelTransformer, StaticRollout] | None = None
         self._compiled: dict[str, Callable] = {}
         self._active: _Active | None = None
 
@@ -368,15 +389,18 @@ class Imaginer:
                 rows = padded_batch_size(batch, self.config.graph_batch_sizes)
                 state = self._static_rollout(model, rows, cache_len, temperature, top_k)
             else:
-                state = self._new_rollout(model, batch, cache_len, temperature, top_k)
+                state = self._eager_rollout(model, batch, cache_len, temperature, top_k)
+            chunks = row_chunks(batch, settings.chunk_rows)
             with autocast_to(self.device, settings.decoder_dtype):
-                ctx_codes = self.tokenizer.encode_context(frames)
-                context = self.tokenizer.context_cache(ctx_codes)
+                ctx_codes = [self.tokenizer.encode_context(frames[rows]) for rows in chunks]
+                contexts = [self.tokenizer.context_cache(codes) for codes in ctx_codes]
+            prefix = pad_rows(layout.prefix(torch.cat(ctx_codes)), state.batch_size)
             # the prefill's long matrix products may run below the precision of float32 decode weights
             with autocast_to(self.device, settings.prefill_dtype):
-                model.prefill(pad_rows(layout.prefix(ctx_codes), state.batch_size), state.cache)
+                for rows in row_chunks(state.batch_size, settings.chunk_rows):
+                    model.fill_cache(prefix[rows], state.cache.rows(rows))
         state.pos.fill_(layout.prefix_length)
-        self._active = _Active(state, batch, context, horizon, generator)
+        self._active = _Active(state, batch, chunks, contexts, horizon, generator)
 
     def _new_rollout(self, model: WorldModelTransformer, rows: int, cache_len: int, temperature: float,
                      top_k: int | None, use_compile: bool | None = None) -> StaticRollout:
@@ -397,6 +421,22 @@ class Imaginer:
         if use_compile is None:
             use_compile = self._settings().compile
         state.replay = self._step_function(model, state, temperature, top_k, use_compile)
+        return state
+
+    def _eager_rollout(self, model: WorldModelTransformer, rows: int, cache_len: int, temperature: float,
+                       top_k: int | None) -> StaticRollout:
+        """Buffers for an uncaptured rollout batch, reused from the previous batch when it had the same
+        shape: no fresh cache to allocate and zero (its stale entries lie beyond the position and are
+        never attended). Only the latest such batch is kept."""
+        use_compile = self._settings().compile
+        key = ("eager", self.device, model.llm.lm_head.weight.dtype, rows, cache_len, temperature, top_k,
+               use_compile)
+        kept = self._eager
+        if kept is not None and kept[0] == key and kept[1] is model:
+            return kept[2]
+        self._eager = None  # free the old cache before allocating the new one
+        state = self._new_rollout(model, rows, cache_len, temperature, top_k, use_compile)
+        self._eager = (key, model, state)
         return state
 
     def _static_rollout(self, model: WorldModelTransformer, rows: int, cache_len: int, temperature: float,
@@ -439,8 +479,9 @@ class Imaginer:
             torch.cuda.current_stream(self.device).wait_stream(stream)
 
     def release(self) -> None:
-        """Free the captured graphs and their buffers (they are kept per padded batch size for reuse)."""
-        self._static, self._active = {}, None
+        """Free the captured graphs and the buffers kept for reuse (per padded batch size; the latest
+        uncaptured batch)."""
+        self._static, self._eager, self._active = {}, None, None
 
     # ----------------------------------------------------------------------------------- step
     def _token_step(self, model: WorldModelTransformer, cache: KVCache, token: torch.Tensor, pos: torch.Tensor,
@@ -523,23 +564,27 @@ class Imaginer:
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """The pixel half of :meth:`step`: (B, n) codes -> frames (B, 3, H, W) in [0, 1], float32."""
         active = self._require_active()
+        if codes.dim() != 2 or codes.shape[0] != active.batch:
+            raise ValueError(f"decode() needs codes (B, n) of the {active.batch} rollouts of this batch, "
+                             f"got shape {tuple(codes.shape)}")
         settings = self._settings()
         use_compile, dtype = settings.compile, settings.decoder_dtype
         eager = self.tokenizer.decode_future
         if use_compile and "decode" not in self._compiled:
             self._compiled["decode"] = torch.compile(eager, backend=self.config.compile_backend)
         decode = self._compiled["decode"] if use_compile else eager
+        codes = codes.unsqueeze(1)
         with eval_mode(self.tokenizer), autocast_to(self.device, dtype):
             try:
-                frames = decode(codes.unsqueeze(1), active.context)
+                frames = [decode(codes[rows], context) for rows, context in zip(active.chunks, active.contexts)]
             except Exception as err:  # compiler errors come in many types; bad input fails again eagerly below
                 if decode is eager:
                     raise
                 warnings.warn(f"torch.compile of the frame decoder failed ({type(err).__name__}: {err}); "
                               "decoding eagerly", RuntimeWarning, stacklevel=2)
                 self._compiled["decode"] = eager
-                frames = eager(codes.unsqueeze(1), active.context)
-        return frames[:, 0].float().clamp(0.0, 1.0)
+                frames = [eager(codes[rows], context) for rows, context in zip(active.chunks, active.contexts)]
+        return torch.cat(frames)[:, 0].float().clamp(0.0, 1.0)
 
     def step(self, actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Imagine the next frame of every rollout.

@@ -12,6 +12,7 @@ from world_model.imagination import (
     no_capture,
     pad_rows,
     padded_batch_size,
+    row_chunks,
     sample_codes,
     symexp,
 )
@@ -76,7 +77,9 @@ def test_sample_codes_draws_from_the_top_k_softmax():
         sample_codes(logits, None, 1.0, 3)
 
 
-def test_padding_helpers():
+def test_padding_and_chunking_helpers():
+    assert row_chunks(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert row_chunks(4, 8) == row_chunks(4, None) == [slice(0, 4)]
     sizes = (1, 2, 4, 8)
     assert [padded_batch_size(b, sizes) for b in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 9]
     x = torch.arange(6).view(3, 2)
@@ -157,6 +160,43 @@ def test_static_path_pads_reuses_captures_and_clones(models, contexts):
     imaginer.release()
     with pytest.raises(RuntimeError, match="reset"):
         imaginer.sample(actions[:1, 0])
+
+
+def test_a_batch_of_the_same_shape_reuses_the_cache_and_samples_as_a_fresh_engine(models, contexts):
+    """The eager engine keeps the latest batch's buffers: the next batch of that shape writes over the old
+    cache (its stale tail masked, never attended) and samples exactly what a fresh engine samples."""
+    model, (context, actions) = models["heads"], contexts
+    imaginer = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout)
+    engine_rollout(imaginer, context[:3], actions[:3], 3, seed=1)  # fills the whole cache
+    cache = imaginer._active.state.cache
+    codes, raw, frames = engine_rollout(imaginer, context[1:4], actions[1:4], 3, seed=2)
+    assert imaginer._active.state.cache is cache
+    fresh = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout)
+    want_codes, want_raw, want_frames = engine_rollout(fresh, context[1:4], actions[1:4], 3, seed=2)
+    assert torch.equal(codes, want_codes) and torch.equal(raw, want_raw) and torch.equal(frames, want_frames)
+    engine_rollout(imaginer, context[:2], actions[:2], 3, seed=1)  # another batch size: new buffers
+    assert imaginer._active.state.cache is not cache
+    imaginer.release()
+    assert imaginer._eager is None
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2])
+def test_chunked_reset_and_decoding_sample_as_the_whole_batch(models, contexts, chunk_rows):
+    """cpu_chunk_rows splits the context encoding, the prefill and the frame decoding into row chunks (the
+    last one shorter here): the same codes, and the same frames and rewards to float rounding."""
+    model, (context, actions) = models["heads"], contexts
+    whole = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout, ImaginationConfig(cpu_chunk_rows=None))
+    chunked = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout,
+                       ImaginationConfig(cpu_chunk_rows=chunk_rows))
+    codes, raw, frames = engine_rollout(chunked, context[:3], actions[:3], 2, seed=4)
+    assert len(chunked._active.contexts) == -(-3 // chunk_rows)
+    want_codes, want_raw, want_frames = engine_rollout(whole, context[:3], actions[:3], 2, seed=4)
+    assert len(whole._active.contexts) == 1
+    assert torch.equal(codes, want_codes)
+    torch.testing.assert_close(raw, want_raw, atol=1e-5, rtol=0)
+    torch.testing.assert_close(frames, want_frames, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="3 rollouts"):
+        chunked.decode(codes[:2, 0])
 
 
 def test_compiled_token_step_has_no_graph_breaks(models, contexts):
@@ -244,9 +284,11 @@ def test_bfloat16_prefill_fills_a_float32_cache_closely(models, contexts):
 def test_config_resolution_and_errors(models, contexts, monkeypatch):
     cpu = torch.device("cpu")
     f32, bf16 = torch.float32, torch.bfloat16
-    assert ImaginationConfig().resolve(cpu) == EngineSettings(False, False, f32, f32, f32)  # IVG_CPU_BF16=0
+    assert ImaginationConfig().resolve(cpu) == EngineSettings(False, False, f32, f32, f32, 8)  # IVG_CPU_BF16=0
     monkeypatch.setenv("IVG_CPU_BF16", "1")  # a CPU with bf16 instructions: bf16 convolutions and prefill
-    assert ImaginationConfig().resolve(cpu) == EngineSettings(False, False, f32, bf16, bf16)
+    assert ImaginationConfig().resolve(cpu) == EngineSettings(False, False, f32, bf16, bf16, 8)
+    assert ImaginationConfig(cpu_chunk_rows=None).resolve(cpu).chunk_rows is None
+    assert ImaginationConfig(precision="float32").resolve(torch.device("cuda")).chunk_rows is None  # GPUs: never
     assert ImaginationConfig(decoder_precision="float32").resolve(cpu).decoder_dtype == f32
     assert ImaginationConfig(prefill_precision="float32").resolve(cpu).prefill_dtype == f32
     monkeypatch.setenv("IVG_CPU_BF16", "0")
@@ -261,6 +303,9 @@ def test_config_resolution_and_errors(models, contexts, monkeypatch):
         ImaginationConfig(decoder_precision="half")
     with pytest.raises(ValueError, match="prefill_precision"):
         ImaginationConfig(prefill_precision="fp8")
+    for rows in (0, 2.5, True):
+        with pytest.raises(ValueError, match="cpu_chunk_rows"):
+            ImaginationConfig(cpu_chunk_rows=rows)
     model, (context, actions) = models["heads"], contexts
     with pytest.raises(ValueError, match="top_k"):
         model.reset(context[:1], horizon=1, top_k=0)

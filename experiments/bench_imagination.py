@@ -6,8 +6,10 @@
 
 `engine` is `IVideoGPT.reset/step` (`world_model.imagination.Imaginer`, default `ImaginationConfig`: compiled
 and CUDA-graph-captured in bfloat16 on a GPU; eager on a CPU, float32 token steps with the context prefill and
-the tokenizer in bf16 where the CPU has bf16 instructions). `--compile true --precision bfloat16` is the
-fastest CPU setting measured here (needs a C++ compiler; compiling takes tens of seconds and is not timed). `reference` is
+the tokenizer in bf16 where the CPU has bf16 instructions; reset and frame decoding in chunks of
+`cpu_chunk_rows` rollouts). `--compile true` is the fastest CPU setting measured here: the token step compiled
+and in bf16 where the CPU has bf16 instructions, the frame decoder eager (needs a C++ compiler; compiling takes
+tens of seconds and is not timed). `reference` is
 `world_model.reference_rollout.reference_rollout`: the published rollout's algorithm written with this
 project's modules (per imagined frame a fresh generate that re-reads the whole sequence, then detokenize;
 bfloat16 autocast on a GPU as the official code), in eval mode and with the context's cross-attention

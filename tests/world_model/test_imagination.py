@@ -209,14 +209,16 @@ def test_compiled_token_step_has_no_graph_breaks(models, contexts):
     assert torch.equal(codes, plain) and torch.equal(raw, plain_raw) and torch.equal(frames, plain_frames)
 
 
-def test_compiler_failure_falls_back_to_eager_with_a_warning(models, contexts):
+@pytest.mark.parametrize("capture", [no_capture, None], ids=["static buffers", "eager"])
+def test_compiler_failure_falls_back_to_eager_with_a_warning(models, contexts, capture):
     model, (context, actions) = models["heads"], contexts
 
     def broken_backend(graph, example_inputs):
         raise RuntimeError("this backend cannot compile")
 
     imaginer = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout,
-                        ImaginationConfig(compile=True, compile_backend=broken_backend), capture=no_capture)
+                        ImaginationConfig(compile=True, compile_decoder=True, compile_backend=broken_backend),
+                        capture=capture)
     with pytest.warns(RuntimeWarning, match="cannot compile") as caught:
         codes, raw, frames = engine_rollout(imaginer, context[:2], actions[:2], 1, seed=2)
     messages = " ".join(str(warning.message) for warning in caught)
@@ -290,13 +292,23 @@ def test_config_resolution_and_errors(models, contexts, monkeypatch):
     assert ImaginationConfig(cpu_chunk_rows=None).resolve(cpu).chunk_rows is None
     assert ImaginationConfig(precision="float32").resolve(torch.device("cuda")).chunk_rows is None  # GPUs: never
     assert ImaginationConfig(decoder_precision="float32").resolve(cpu).decoder_dtype == f32
+    assert ImaginationConfig(compile=True).resolve(cpu).dtype == bf16  # compiled token steps: bf16 where native
+    assert ImaginationConfig(compile=True, precision="float32").resolve(cpu).dtype == f32
     assert ImaginationConfig(prefill_precision="float32").resolve(cpu).prefill_dtype == f32
     monkeypatch.setenv("IVG_CPU_BF16", "0")
-    assert ImaginationConfig(compile=True).resolve(torch.device("cpu")).compile is True
+    assert ImaginationConfig(compile=True).resolve(cpu).dtype == f32
+    assert ImaginationConfig(compile=True).resolve(cpu).compile is True
+    assert ImaginationConfig(compile=True).resolve(cpu).compile_decoder is False  # eager is as fast on a CPU
+    assert ImaginationConfig(compile_decoder=True).resolve(cpu).compile_decoder is True
+    cuda = ImaginationConfig(precision="float32").resolve(torch.device("cuda"))
+    assert cuda.compile and cuda.compile_decoder
+    assert not ImaginationConfig(compile=False, precision="float32").resolve(torch.device("cuda")).compile_decoder
     with pytest.raises(ValueError, match="cuda_graphs=True needs"):
         ImaginationConfig(cuda_graphs=True).resolve(torch.device("cpu"))
     with pytest.raises(ValueError, match="compile"):
         ImaginationConfig(compile="yes")
+    with pytest.raises(ValueError, match="compile_decoder"):
+        ImaginationConfig(compile_decoder="no")
     with pytest.raises(ValueError, match="precision"):
         ImaginationConfig(precision="float16")
     with pytest.raises(ValueError, match="decoder_precision"):

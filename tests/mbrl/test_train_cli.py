@@ -45,10 +45,12 @@ def test_train_end_to_end_writes_every_output(tmp_path):
         "eval_every_frames=100",
         "checkpoint_every_frames=100",
         "demos=1",
+        "agent.encoder_precision=bfloat16",
         "logging.wandb.mode=offline",
         f"hydra.run.dir={run}",
     )
     assert "added 1 scripted demo episodes" in result.stdout
+    assert "DrQ-v2 encoder convolutions in bfloat16 (agent.encoder_precision=bfloat16" in result.stdout
 
     evals = read_csv(run / "eval.csv")
     assert [int(r["frame"]) for r in evals] == [0, 100, 200]

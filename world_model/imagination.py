@@ -386,6 +386,8 @@ class Imaginer:
             raise ValueError(f"context_frames must be (B, {wanted}, 3, H, W)"
                              f"{' plus a goal (B, 3, H, W)' if goal is not None else ''}; "
                              f"got {tuple(context_frames.shape)}")
+        if frames.shape[0] == 0:
+            raise ValueError("context_frames holds no rollouts (batch 0); pass at least one")
         horizon = self.max_horizon if horizon is None else horizon
         if not 1 <= horizon <= self.max_horizon:
             raise ValueError(f"horizon must be in [1, {self.max_horizon}] (max_position_embeddings "

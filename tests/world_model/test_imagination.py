@@ -321,6 +321,8 @@ def test_config_resolution_and_errors(models, contexts, monkeypatch):
     model, (context, actions) = models["heads"], contexts
     with pytest.raises(ValueError, match="top_k"):
         model.reset(context[:1], horizon=1, top_k=0)
+    with pytest.raises(ValueError, match="batch 0"):
+        model.reset(context[:0], horizon=1)
     model.reset(context[:1], horizon=1)
     model.step(actions[:1, 0])
     with pytest.raises(ValueError, match="horizon 1 reached"):

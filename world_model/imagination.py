@@ -178,9 +178,8 @@ class ImaginationConfig:
         if self.cpu_chunk_rows is not None and (isinstance(self.cpu_chunk_rows, bool)
                                                 or not isinstance(self.cpu_chunk_rows, int)
                                                 or self.cpu_chunk_rows < 1):
-            raise ValueError(f"ImaginationConfig.cpu_chunk_rows must be a positive number of rollouts or None "
-                             f"(the whole batch), "
-                             f"got {self.cpu_chunk_rows!r}")
+            raise ValueError("ImaginationConfig.cpu_chunk_rows must be a positive number of rollouts or None "
+                             f"(the whole batch), got {self.cpu_chunk_rows!r}")
 
     def resolve(self, device: torch.device) -> EngineSettings:
         """What these knobs mean on ``device``; explicit CUDA graphs off CUDA are an error."""
@@ -203,7 +202,7 @@ class ImaginationConfig:
             decoder_dtype=resolve_precision(self.decoder_precision, device),
             prefill_dtype=resolve_precision(self.prefill_precision, device, fallback=dtype),
             chunk_rows=self.cpu_chunk_rows if device.type == "cpu" else None,
-            compile_decoder=use_compile and cuda if self.compile_decoder == "auto" else bool(self.compile_decoder),
+            compile_decoder=(use_compile and cuda) if self.compile_decoder == "auto" else bool(self.compile_decoder),
         )
 
 

@@ -278,7 +278,11 @@ def print_table(rows: list[Row], machine: dict) -> None:
     print(f"device {machine['device']}, torch {machine['torch']}, threads {machine['threads']}, "
           f"load average at start {machine['load_average']}"
           + (f", copy bandwidth {machine['bandwidth_gb_s']:.0f} GB/s" if machine.get("bandwidth_gb_s") else ""))
-    print(f"precision: engine {machine['engine_precision']}{', compiled' if machine['engine_compiled'] else ''}; "
+    compiled = ("token step and decoder compiled" if machine["engine_decoder_compiled"] else "token step compiled"
+                ) if machine["engine_compiled"] else "eager"
+    chunks = f", reset and decoding in chunks of {machine['engine_chunk_rows']} rollouts" \
+        if machine["engine_chunk_rows"] else ""
+    print(f"precision: engine {machine['engine_precision']} ({compiled}{chunks}); "
           f"reference {machine['reference_precision']}")
     header = (f"{'preset':8} {'batch':>5} {'H':>3} | {'engine tr/s':>11} {'reference tr/s':>14} {'ratio':>6} "
               f"{'w/o decode':>10} | "
@@ -340,6 +344,8 @@ def main() -> None:
     machine["engine_precision"] = (f"transformer {dtype_name(engine.dtype)} (prefill {dtype_name(engine.prefill_dtype)}), "
                                    f"tokenizer {dtype_name(engine.decoder_dtype)}")
     machine["engine_compiled"] = engine.compile
+    machine["engine_decoder_compiled"] = engine.compile_decoder
+    machine["engine_chunk_rows"] = engine.chunk_rows
     ref_autocast = "bfloat16 autocast" if device.type == "cuda" else "float32"
     machine["reference_precision"] = (f"{ref_autocast} (the official code's)" if args.reference_decoder == "official"
                                       else f"transformer {ref_autocast}, tokenizer as the engine's")

@@ -59,5 +59,6 @@ def test_bench_passes_the_engine_settings_it_is_given():
     )
     report = json.loads(out.stdout)
     assert report["machine"]["engine_precision"].startswith("transformer bfloat16")
-    assert report["machine"]["engine_compiled"] is False
+    assert report["machine"]["engine_compiled"] is False and report["machine"]["engine_decoder_compiled"] is False
+    assert report["machine"]["engine_chunk_rows"] == 8  # ImaginationConfig's CPU default
     assert report["rows"][0]["engine_tps"] > 0

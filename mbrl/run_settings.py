@@ -8,7 +8,7 @@ from mbrl.logger import WandbConfig
 from mbrl.utils import coerce_ints
 from mbrl.video import VIDEO_FORMATS
 
-_COUNTS = ("num_train_frames", "eval_every_frames", "num_eval_episodes", "checkpoint_every_frames")
+_COUNTS = ("num_train_frames", "eval_every_frames", "num_eval_episodes", "checkpoint_every_frames", "demos")
 RESUME_MODES = ("auto", True, False)
 
 
@@ -32,6 +32,7 @@ class RunSettings:
     save_video: bool = True
     video_format: str = "gif"
     replay_capacity: int = 1_000_000
+    demos: int = 0  # scripted episodes put into the real replay before training (mbrl.demos)
     console: bool = True
     resume: str | bool = "auto"  # auto: continue when the run folder holds a checkpoint; True: must; False: never
 

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
 from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mbrl.envs import EnvConfig, make_env, scripted_policy
+from mbrl.demos import demo_episodes
+from mbrl.envs import EnvConfig, make_env
 from mbrl.evaluation import run_eval_episodes
 from mbrl.logger import Logger, WandbConfig, resume_checked
 from mbrl.replay import ReplayBuffer, TransitionBatch
@@ -42,7 +43,6 @@ from mbrl.utils import (
     Ratio,
     Timer,
     Until,
-    coerce_ints,
     configure_threads,
     derive_seed,
     pick_device,
@@ -57,9 +57,9 @@ if TYPE_CHECKING:  # the world-model stack is imported only by runs that use it 
 CHECKPOINT_VERSION = 1
 # Independent seed streams, combined with the run seed and a counter (see mbrl.utils.derive_seed).
 # Evaluation uses mbrl.evaluation.EVAL_SEED_STREAM (1), shared with every agent.
-_TRAIN_EPISODE, _DEMO_EPISODE, _REPLAY = 0, 2, 3
+# Demonstrations use mbrl.demos.DEMO_SEED_STREAM (2).
+_TRAIN_EPISODE, _REPLAY = 0, 3
 _WORLD_MODELS = ("none", "ivideogpt")
-# Settings that count frames or episodes (0 allowed: no training / no evaluation / no checkpoints / no demos).
 
 
 @dataclass(kw_only=True)
@@ -70,14 +70,10 @@ class TrainConfig(RunSettings):
     agent_name: str = "drqv2"
     world_model: str = "none"
     mbpo: MBPOConfig | None = None  # the world_model settings when world_model=ivideogpt
-    demos: int = 0
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        coerce_ints(self, ("demos",))
-        if self.demos < 0:
-            raise ValueError(f"demos={self.demos} must be >= 0")
         if self.env.episode_length <= self.agent.nstep:
             raise ValueError(
                 f"env.episode_length={self.env.episode_length} must exceed agent.nstep="
@@ -382,19 +378,10 @@ class Trainer:
 
     def _add_demos(self) -> None:
         """Puts `demos` episodes of Meta-World's scripted policy into the replay (no frame budget used)."""
-        policy = scripted_policy(self.cfg.task)
         successes = 0
-        for i in range(self.cfg.demos):
-            _, info = self.train_env.reset(seed=derive_seed(self.cfg.seed, _DEMO_EPISODE, i))
-            self.replay.add_first(info["frame"])
-            done, success = False, False
-            while not done:
-                action = np.clip(policy.get_action(self.train_env.state_obs), -1.0, 1.0).astype(np.float32)
-                _, reward, terminated, truncated, info = self.train_env.step(action)
-                done = terminated or truncated
-                success |= bool(info["success"])
-                self.replay.add(action, reward, info["frame"], success=info["success"], last=done)
-            successes += success
+        for episode in demo_episodes(self.train_env, self.cfg.task, self.cfg.demos, self.cfg.seed):
+            self.replay.add_episode(episode.frames, episode.actions, episode.rewards, episode.successes)
+            successes += episode.success
         tqdm.write(f"added {self.cfg.demos} scripted demo episodes to the replay ({successes} successful)")
 
     # ------------------------------------------------------------------------------------ checkpoints

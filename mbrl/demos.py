@@ -1,0 +1,63 @@
+"""Scripted demonstrations: episodes of Meta-World's scripted policy in our pixel env.
+
+With `demos=N`, every agent starts with the same N episodes in its real replay (DrQ-v2 and MBPO through
+`mbrl.trainer`, DreamerV3 through its sheeprl replay, `agents.dreamerv3.demos`): episode i is reset with the
+seed `derive_seed(seed, DEMO_SEED_STREAM, i)`, so methods compared at one seed see the same demonstrations.
+Demonstrations use no frame budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from mbrl.envs import MetaWorldPixelEnv, scripted_policy
+from mbrl.utils import derive_seed
+
+# Seed stream of demonstration episodes (with the run seed and the episode index, see mbrl.utils.derive_seed).
+# Training episodes use stream 0, evaluation 1 (mbrl.evaluation.EVAL_SEED_STREAM), the replay's sampler 3.
+DEMO_SEED_STREAM = 2
+
+
+@dataclass(frozen=True)
+class DemoEpisode:
+    """One scripted episode, step by step.
+
+    Attributes:
+        frames: (T + 1, 3, H, W) uint8, the frame after reset and then the frame after every step.
+        actions: (T, A) float32 in [-1, 1], the action of every step.
+        rewards: (T,) float32.
+        successes: (T,) bool, the env's success flag after every step.
+        terminated, truncated: how the episode ended.
+    """
+
+    frames: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    successes: np.ndarray
+    terminated: bool
+    truncated: bool
+
+    @property
+    def success(self) -> bool:
+        return bool(self.successes.any())
+
+
+def demo_episodes(env: MetaWorldPixelEnv, task: str, count: int, seed: int) -> Iterator[DemoEpisode]:
+    """Plays `count` episodes of `task`'s scripted policy in `env` (reset with the demonstration seeds)."""
+    policy = scripted_policy(task)
+    for i in range(count):
+        _, info = env.reset(seed=derive_seed(seed, DEMO_SEED_STREAM, i))
+        frames, actions, rewards, successes = [info["frame"]], [], [], []
+        terminated = truncated = False
+        while not (terminated or truncated):
+            action = np.clip(policy.get_action(env.state_obs), -1.0, 1.0).astype(np.float32)
+            _, reward, terminated, truncated, info = env.step(action)
+            frames.append(info["frame"])
+            actions.append(action)
+            rewards.append(reward)
+            successes.append(bool(info["success"]))
+        yield DemoEpisode(np.stack(frames), np.stack(actions), np.asarray(rewards, dtype=np.float32),
+                          np.asarray(successes), bool(terminated), bool(truncated))

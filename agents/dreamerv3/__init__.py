@@ -15,7 +15,9 @@ See agents/dreamerv3/session.py for how the two are joined and how `eval/*` is c
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -60,10 +62,28 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
                     checkpoint_after_eval=True)
     if resume is not None:
         print(f"resuming DreamerV3 from {resume.checkpoint} at frame {frame} (episode {resume.episode})")
+    demos = _demo_replay(spec, sheeprl_cfg) if spec.demos and resume is None else contextlib.nullcontext()
     session = Session(spec, sheeprl_cfg, logger, run_dir, sheeprl_dir, resume)
     try:
-        with registered(session_id, session):
+        with registered(session_id, session), demos:
             run_algorithm(sheeprl_cfg)
     finally:
         session.close()
         logger.close()
+
+
+def _demo_replay(spec: RunSpec, sheeprl_cfg: Any) -> contextlib.AbstractContextManager[None]:
+    """Plays the run's demonstrations (`mbrl.demos`, on an env of its own: no frames counted) and returns the
+    context in which sheeprl builds its replay holding them."""
+    from agents.dreamerv3.demos import demo_rows, replay_with_demos
+    from mbrl.demos import demo_episodes
+    from mbrl.envs import make_env
+
+    env = make_env(spec.env)
+    try:
+        episodes = list(demo_episodes(env, spec.task, spec.demos, spec.seed))
+    finally:
+        env.close()
+    successes = sum(episode.success for episode in episodes)
+    print(f"added {spec.demos} scripted demo episodes to the replay ({successes} successful)")
+    return replay_with_demos([demo_rows(episode, bool(sheeprl_cfg.env.clip_rewards)) for episode in episodes])

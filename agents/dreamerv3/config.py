@@ -103,11 +103,28 @@ class RunSpec(RunSettings):
             raise ValueError(
                 f"env.image_size={size}: DreamerV3's encoder needs a power of two >= 8 (e.g. 64)"
             )
+        per_env = min(self.replay_capacity, self.replay_rows) // self.agent.num_envs
+        if self.demos and per_env < self.env.episode_length + 1:
+            raise ValueError(
+                f"the replay of each env ({per_env} steps) cannot hold a demonstration episode of "
+                f"{self.env.episode_length + 1} frames: raise replay_capacity"
+            )
         if self.replay_capacity < self.agent.sequence_length * self.agent.num_envs:
             raise ValueError(
                 f"replay_capacity={self.replay_capacity} cannot hold one sequence of "
                 f"agent.sequence_length={self.agent.sequence_length} steps per env"
             )
+
+    @property
+    def demo_rows(self) -> int:
+        """Replay rows the demonstrations fill: each episode's steps plus its final frame."""
+        return self.demos * (self.env.episode_length + 1)
+
+    @property
+    def replay_rows(self) -> int:
+        """Replay rows of the whole run, summed over the envs: one per agent step, one more per finished
+        episode (sheeprl stores its final frame in a row of its own), and the demonstrations'."""
+        return self.total_steps + self.total_steps // self.env.episode_length + self.demo_rows
 
     @property
     def total_steps(self) -> int:
@@ -140,10 +157,6 @@ class RunSpec(RunSettings):
             )
         if (cfg.get("world_model") or {}).get("name", "none") != "none":
             raise ValueError("agent=dreamerv3 brings its own world model: use world_model=none")
-        if cfg.get("demos", 0):
-            raise ValueError(
-                "demos are not supported with agent=dreamerv3 (sheeprl fills its own replay): pass demos=0"
-            )
         logging = dict(cfg.get("logging") or {})
         keys = (
             "device",
@@ -155,6 +168,7 @@ class RunSpec(RunSettings):
             "save_video",
             "video_format",
             "replay_capacity",
+            "demos",
             "resume",
         )
         return cls(
@@ -249,10 +263,8 @@ def sheeprl_config(
         cfg.algo.compile.enabled = agent.compile
         if size == "tiny":
             cfg.algo = OmegaConf.merge(cfg.algo, agent.tiny)
-        # Agent steps kept; a run never needs more than its own length.
-        cfg.buffer.size = max(
-            min(spec.replay_capacity, spec.total_steps), agent.sequence_length * agent.num_envs
-        )
+        # Rows kept; a run never needs more than its own rows (its steps, episode ends and demonstrations).
+        cfg.buffer.size = max(min(spec.replay_capacity, spec.replay_rows), agent.sequence_length * agent.num_envs)
         cfg.buffer.memmap = agent.memmap_buffer
         cfg.buffer.checkpoint = agent.save_checkpoints
         cfg.checkpoint.every = schedule_steps(spec)

@@ -95,7 +95,7 @@ def test_dict_env_gives_the_newest_frame_and_reports_episodes():
     "override, message",
     [
         ("world_model.name=ivideogpt", "world_model=none"),
-        ("demos=2", "demos"),
+        ("demos=1 replay_capacity=16 env.episode_length=20", "cannot hold a demonstration episode"),
         ("env.image_size=48", "power of two"),
         ("+agent.batch_size=64", "agent.batch_size is not a DreamerV3 setting"),
         ("agent.size=XXL", "agent.size"),
@@ -105,7 +105,7 @@ def test_dict_env_gives_the_newest_frame_and_reports_episodes():
 )
 def test_settings_dreamerv3_cannot_honour_are_refused(override, message):
     with pytest.raises(ValueError, match=message):
-        RunSpec.from_train_config(train_config(override))
+        RunSpec.from_train_config(train_config(*override.split()))
 
 
 def test_sheeprl_config_counts_agent_steps_and_repeats_actions_in_our_env(tmp_path):
@@ -129,6 +129,11 @@ def test_sheeprl_config_counts_agent_steps_and_repeats_actions_in_our_env(tmp_pa
     assert cfg["algo"]["world_model"]["encoder"]["dense_units"] == 32  # interpolations follow it
     assert cfg["algo"]["horizon"] == 7  # agent.sheeprl merged last
     assert cfg["fabric"]["accelerator"] == "cpu" and cfg["fabric"]["precision"] == "32-true"
+
+    # the whole run fits when the capacity allows: a row per agent step and per episode end, the demonstrations'
+    demos = RunSpec.from_train_config(train_config("demos=2"))
+    cfg = OmegaConf.to_container(sheeprl_config(demos, tmp_path, "abc", torch.device("cpu"), 1), resolve=True)
+    assert cfg["buffer"]["size"] == 200 + 200 // 20 + 2 * 21
 
     auto = RunSpec.from_train_config(train_config("agent.size=auto"))
     cfg = OmegaConf.to_container(sheeprl_config(auto, tmp_path, "abc", torch.device("cpu"), 1), resolve=True)
@@ -184,6 +189,81 @@ def test_run_logs_our_metrics_against_env_frames(tmp_path):
     # had started over from step 0 would have stopped the run with an error
     assert json.loads((tmp_path / "dreamerv3_resume.json").read_text())["step"] == 300
     assert list((tmp_path / "sheeprl" / "checkpoint").glob("ckpt_300_*.ckpt"))
+
+
+def test_demo_rows_are_written_as_sheeprl_writes_an_episode():
+    from sheeprl.data.buffers import EnvIndependentReplayBuffer, SequentialReplayBuffer
+
+    from agents.dreamerv3.demos import demo_rows, seeded_replay_class
+    from mbrl.demos import DemoEpisode
+
+    rng = np.random.default_rng(0)
+    episodes = [
+        DemoEpisode(frames=rng.integers(0, 255, (steps + 1, 3, 8, 8), dtype=np.uint8),
+                    actions=rng.uniform(-1, 1, (steps, 4)).astype(np.float32),
+                    rewards=rng.uniform(0, 10, steps).astype(np.float32), successes=np.zeros(steps, bool),
+                    terminated=False, truncated=True)
+        for steps in (3, 5, 2)
+    ]
+    rows = demo_rows(episodes[0])
+    assert {k: v.shape for k, v in rows.items()} == {
+        "rgb": (4, 1, 3, 8, 8), "actions": (4, 1, 4), "rewards": (4, 1, 1), "terminated": (4, 1, 1),
+        "truncated": (4, 1, 1), "is_first": (4, 1, 1)}
+    assert rows["is_first"][:, 0, 0].tolist() == [1, 0, 0, 0]
+    assert rows["truncated"][:, 0, 0].tolist() == [0, 0, 0, 1] and not rows["terminated"].any()
+    # row t: frame t, the reward that led to it, the action taken at it (none at the last frame)
+    np.testing.assert_allclose(rows["rewards"][1:, 0, 0], episodes[0].rewards)
+    assert rows["rewards"][0, 0, 0] == 0 and not rows["actions"][-1].any()
+    np.testing.assert_array_equal(rows["actions"][:3, 0], episodes[0].actions)
+    np.testing.assert_allclose(demo_rows(episodes[0], clip_rewards=True)["rewards"][1:, 0, 0],
+                               np.tanh(episodes[0].rewards), rtol=1e-6)
+
+    replay = seeded_replay_class(EnvIndependentReplayBuffer, [demo_rows(e) for e in episodes])(
+        16, n_envs=2, buffer_cls=SequentialReplayBuffer, obs_keys=("rgb",))
+    first_env, second_env = replay.buffer
+    # episodes 0 and 2 in env 0, episode 1 in env 1, one after the other
+    np.testing.assert_array_equal(first_env["rgb"][:4, 0], episodes[0].frames)
+    np.testing.assert_array_equal(first_env["rgb"][4:7, 0], episodes[2].frames)
+    np.testing.assert_array_equal(second_env["rgb"][:6, 0], episodes[1].frames)
+    assert first_env["is_first"][:7, 0, 0].tolist() == [1, 0, 0, 0, 1, 0, 0]
+    assert replay.sample_tensors(2, sequence_length=3, n_samples=1)["rgb"].shape[:3] == (1, 3, 2)
+
+
+def test_run_starts_sheeprl_replay_with_the_demonstrations(tmp_path, monkeypatch, capsys):
+    from agents.dreamerv3 import demos
+    from mbrl.demos import demo_episodes
+
+    built = []
+    seeded = demos.seeded_replay_class
+
+    def recording(base, episodes):
+        cls = seeded(base, episodes)
+
+        class Recorded(cls):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                built.append(self)
+
+        return Recorded
+
+    monkeypatch.setattr(demos, "seeded_replay_class", recording)
+    cfg = train_config("demos=1", "num_train_frames=120", "eval_every_frames=120", "checkpoint_every_frames=120",
+                       "num_eval_episodes=1", "agent.save_checkpoints=false")
+    run(cfg, tmp_path)
+    assert "added 1 scripted demo episodes to the replay" in capsys.readouterr().out
+    (replay,) = built
+    spec = RunSpec.from_train_config(cfg)
+    env = make_env(spec.env)
+    try:
+        (episode,) = demo_episodes(env, spec.task, 1, spec.seed)
+    finally:
+        env.close()
+    rows = spec.env.episode_length + 1
+    np.testing.assert_array_equal(replay.buffer[0]["rgb"][:rows, 0], episode.frames)
+    np.testing.assert_array_equal(replay.buffer[0]["actions"][:rows - 1, 0], episode.actions)
+    assert replay.buffer[0]["is_first"][rows, 0, 0] == 1  # the first episode sheeprl plays comes next
+    train = read_csv(tmp_path / "train.csv")
+    assert [int(r["frame"]) for r in train] == [40, 80, 120]  # the demonstrations used no frame budget
 
 
 def test_resume_point_refuses_what_it_cannot_continue(tmp_path):

@@ -1,14 +1,14 @@
 """Scripted demonstrations in sheeprl's DreamerV3 replay (`demos=N`; the episodes are `mbrl.demos`'s).
 
 sheeprl builds its replay inside its training function, so a fresh run with demonstrations hands it a replay
-class that holds them from the start (`seeded_replay_class`). Each episode is written the way sheeprl's loop
+constructor whose replay holds them from the start (`seeded_replay_factory`). Each episode is written the way sheeprl's loop
 writes the episodes it plays (`demo_rows`), into the env buffers in turn. A resumed run gets its replay,
 demonstrations included, back from sheeprl's checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,17 +41,18 @@ def demo_rows(episode: DemoEpisode, clip_rewards: bool = False) -> dict[str, np.
     return {key: value[:, None] for key, value in column.items()}
 
 
-def seeded_replay_class(base: type, episodes: Sequence[dict[str, np.ndarray]]) -> type:
-    """A subclass of sheeprl's ``EnvIndependentReplayBuffer`` (``base``) that starts with ``episodes``
-    (``demo_rows`` each), episode i in env buffer ``i % n_envs``."""
+def seeded_replay_factory(base: type, episodes: Sequence[dict[str, np.ndarray]]) -> Callable[..., Any]:
+    """What sheeprl calls in place of its ``EnvIndependentReplayBuffer`` (``base``): the same constructor,
+    returning a ``base`` that already holds ``episodes`` (``demo_rows`` each), episode i in env buffer
+    ``i % n_envs``. A plain ``base``, so sheeprl's checkpoints pickle it as ever."""
 
-    class DemoSeededReplay(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            for i, rows in enumerate(episodes):
-                self.add(rows, [i % self.n_envs], validate_args=True)
+    def build(*args: Any, **kwargs: Any) -> Any:
+        replay = base(*args, **kwargs)
+        for i, rows in enumerate(episodes):
+            replay.add(rows, [i % replay.n_envs], validate_args=True)
+        return replay
 
-    return DemoSeededReplay
+    return build
 
 
 @contextmanager
@@ -63,7 +64,8 @@ def replay_with_demos(episodes: Sequence[dict[str, np.ndarray]]) -> Iterator[Non
     if original is None:
         raise RuntimeError("this sheeprl version does not build DreamerV3's replay from EnvIndependentReplayBuffer; "
                            "demos need the sheeprl version pinned in pyproject.toml (or pass demos=0)")
-    dreamer_v3.EnvIndependentReplayBuffer = seeded_replay_class(original, episodes)
+    # only a fresh run gets here: sheeprl's one other use of the name, an isinstance check, is on resume
+    dreamer_v3.EnvIndependentReplayBuffer = seeded_replay_factory(original, episodes)
     try:
         yield
     finally:

@@ -194,7 +194,7 @@ def test_run_logs_our_metrics_against_env_frames(tmp_path):
 def test_demo_rows_are_written_as_sheeprl_writes_an_episode():
     from sheeprl.data.buffers import EnvIndependentReplayBuffer, SequentialReplayBuffer
 
-    from agents.dreamerv3.demos import demo_rows, seeded_replay_class
+    from agents.dreamerv3.demos import demo_rows, seeded_replay_factory
     from mbrl.demos import DemoEpisode
 
     rng = np.random.default_rng(0)
@@ -218,8 +218,9 @@ def test_demo_rows_are_written_as_sheeprl_writes_an_episode():
     np.testing.assert_allclose(demo_rows(episodes[0], clip_rewards=True)["rewards"][1:, 0, 0],
                                np.tanh(episodes[0].rewards), rtol=1e-6)
 
-    replay = seeded_replay_class(EnvIndependentReplayBuffer, [demo_rows(e) for e in episodes])(
+    replay = seeded_replay_factory(EnvIndependentReplayBuffer, [demo_rows(e) for e in episodes])(
         16, n_envs=2, buffer_cls=SequentialReplayBuffer, obs_keys=("rgb",))
+    assert type(replay) is EnvIndependentReplayBuffer  # sheeprl's own class: its checkpoints pickle it
     first_env, second_env = replay.buffer
     # episodes 0 and 2 in env 0, episode 1 in env 1, one after the other
     np.testing.assert_array_equal(first_env["rgb"][:4, 0], episodes[0].frames)
@@ -234,21 +235,21 @@ def test_run_starts_sheeprl_replay_with_the_demonstrations(tmp_path, monkeypatch
     from mbrl.demos import demo_episodes
 
     built = []
-    seeded = demos.seeded_replay_class
+    seeded = demos.seeded_replay_factory
 
     def recording(base, episodes):
-        cls = seeded(base, episodes)
+        build = seeded(base, episodes)
 
-        class Recorded(cls):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                built.append(self)
+        def record(*args, **kwargs):
+            built.append(build(*args, **kwargs))
+            return built[-1]
 
-        return Recorded
+        return record
 
-    monkeypatch.setattr(demos, "seeded_replay_class", recording)
+    monkeypatch.setattr(demos, "seeded_replay_factory", recording)
+    # with checkpoints, which pickle the replay
     cfg = train_config("demos=1", "num_train_frames=120", "eval_every_frames=120", "checkpoint_every_frames=120",
-                       "num_eval_episodes=1", "agent.save_checkpoints=false")
+                       "num_eval_episodes=1")
     run(cfg, tmp_path)
     assert "added 1 scripted demo episodes to the replay" in capsys.readouterr().out
     (replay,) = built
@@ -264,6 +265,7 @@ def test_run_starts_sheeprl_replay_with_the_demonstrations(tmp_path, monkeypatch
     assert replay.buffer[0]["is_first"][rows, 0, 0] == 1  # the first episode sheeprl plays comes next
     train = read_csv(tmp_path / "train.csv")
     assert [int(r["frame"]) for r in train] == [40, 80, 120]  # the demonstrations used no frame budget
+    assert list((tmp_path / "sheeprl" / "checkpoint").glob("ckpt_60_*.ckpt"))  # the replay pickled with it
 
 
 def test_resume_point_refuses_what_it_cannot_continue(tmp_path):

@@ -68,6 +68,8 @@ def test_schedule_periods_of_zero_turn_parts_off_and_bad_orders_are_rejected():
     ({"pretrained": "/no/such/folder"}, "not a folder"),
     ({"imagination": {"precision": "half"}}, "world_model.imagination.precision"),
     ({"imagination": {"graphs": True}}, "graphs"),
+    ({"imagination": {"cpu_chunk_rows": 0}}, "world_model.imagination.cpu_chunk_rows"),
+    ({"imagination": {"compile_decoder": "yes"}}, "world_model.imagination.compile_decoder"),
     ({"typo": 1}, "typo"),
 ])
 def test_bad_config_values_are_one_line_errors(override, words):

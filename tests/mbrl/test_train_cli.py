@@ -150,6 +150,7 @@ def compose_config(*overrides: str) -> dict:
         ("agent.std_schedule=cosine", "schedule"),
         ("env.episode_length=2", "nstep"),
         ("resume=maybe", "resume"),
+        ("demos=-1", "demos=-1 must be >= 0"),
         ("video_format=avi", "video_format"),
         ("logging.wandb.mode=on", "wandb.mode"),
         ("seed=abc", "whole number"),

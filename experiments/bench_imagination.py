@@ -18,7 +18,7 @@ keys/values cached, so it is a *faster* baseline than the official code (see tha
 A transition is one imagined frame of one rollout: throughput = batch * horizon / seconds of one rollout batch
 (`reset` + `horizon` steps, the model random-initialised from the preset, random actions). Times are the best
 of `--repeats` runs after a warm-up (`reset` + one step: compilation and graph capture happen there and are
-not counted). One more engine run, synchronised between phases, gives the breakdown: `reset` and per-step
+not counted), the engine's and the reference's runs taking turns. One more engine run, synchronised between phases, gives the breakdown: `reset` and per-step
 token sampling / frame decoding. Both paths decode every frame with the same call, so `w/o decode` is the
 ratio with that shared cost taken out of both (an estimate: the engine's decode time subtracted from each). Combos whose estimated time (extrapolated linearly in the batch from the
 last measured one) exceeds `--max-seconds` are skipped and marked. On CUDA the table also gives the floor of
@@ -229,11 +229,24 @@ def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_secon
         frames, actions = make_inputs(model, batch, horizon, device)
         # engine: warm-up (reset + 1 step, compile and capture) + repeats + one synchronised breakdown run
         guess = estimate(engine_history, batch, repeats + 2)
-        if guess is not None and guess > max_seconds:
+        run_engine = guess is None or guess <= max_seconds
+        if not run_engine:
             row.notes.append(f"engine skipped: est. {guess:.3g} s > --max-seconds {max_seconds:g}")
-        else:
+        guess = estimate(reference_history, batch, repeats)
+        run_reference = guess is None or guess <= max_seconds
+        if not run_reference:
+            row.notes.append(f"reference skipped: est. {guess:.3g} s > --max-seconds {max_seconds:g}")
+        if run_engine:
             engine_run(model, frames, actions, steps=1)
-            row.engine_s = min(timed(device, engine_run, model, frames, actions, horizon) for _ in range(repeats))
+        # the two paths take turns, so that a machine that speeds up or slows down meanwhile affects both alike
+        engine_times, reference_times = [], []
+        for _ in range(repeats):
+            if run_engine:
+                engine_times.append(timed(device, engine_run, model, frames, actions, horizon))
+            if run_reference:
+                reference_times.append(timed(device, reference_run, model, frames, actions, device, precisions))
+        if run_engine:
+            row.engine_s = min(engine_times)
             engine_history.append((batch, row.engine_s))
             row.reset_s, sample_s, decode_s = engine_breakdown(model, frames, actions, device)
             row.sample_ms_per_step, row.decode_ms_per_step = 1e3 * sample_s, 1e3 * decode_s
@@ -245,12 +258,8 @@ def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_secon
                 row.floor_token_step_us = 1e6 * moved / bandwidth
                 row.floor_fraction = row.floor_token_step_us / row.token_step_us
             model.imaginer.release()
-        guess = estimate(reference_history, batch, repeats)
-        if guess is not None and guess > max_seconds:
-            row.notes.append(f"reference skipped: est. {guess:.3g} s > --max-seconds {max_seconds:g}")
-        else:
-            row.reference_s = min(timed(device, reference_run, model, frames, actions, device, precisions)
-                                  for _ in range(repeats))
+        if run_reference:
+            row.reference_s = min(reference_times)
             row.reference_decode_ms_per_step = 1e3 * reference_decode_s(model, frames[:, :layout.context_frames],
                                                                         device, precisions)
             reference_history.append((batch, row.reference_s))

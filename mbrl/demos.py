@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mbrl.envs import MetaWorldPixelEnv, scripted_policy
+from mbrl.envs.tasks import ScriptedPolicy
 from mbrl.utils import derive_seed
 
 # Seed stream of demonstration episodes (with the run seed and the episode index, see mbrl.utils.derive_seed).
@@ -45,19 +46,40 @@ class DemoEpisode:
         return bool(self.successes.any())
 
 
+def scripted_episode(env: MetaWorldPixelEnv, policy: ScriptedPolicy, seed: int | None = None, noise: float = 0.0,
+                     rng: np.random.Generator | None = None) -> DemoEpisode:
+    """One episode of ``policy`` in ``env``, reset with ``seed`` (None: the env's own next seed).
+
+    ``noise`` > 0 adds Gaussian noise of that scale (drawn from ``rng``) to every action before clipping to
+    [-1, 1] (``world_model.data.collect`` records noisy experts that way).
+    """
+    if noise > 0 and rng is None:
+        raise ValueError("action noise needs a random generator: pass rng=np.random.default_rng(seed)")
+    _, info = env.reset(seed=seed)
+    frames, actions, rewards, successes = [info["frame"]], [], [], []
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = policy.get_action(env.state_obs)
+        if noise > 0:
+            action = action + noise * rng.standard_normal(action.shape)
+        action = np.clip(action, -1.0, 1.0).astype(np.float32)
+        _, reward, terminated, truncated, info = env.step(action)
+        frames.append(info["frame"])
+        actions.append(action)
+        rewards.append(reward)
+        successes.append(bool(info["success"]))
+    return DemoEpisode(np.stack(frames), np.stack(actions), np.asarray(rewards, dtype=np.float32),
+                       np.asarray(successes), bool(terminated), bool(truncated))
+
+
 def demo_episodes(env: MetaWorldPixelEnv, task: str, count: int, seed: int) -> Iterator[DemoEpisode]:
     """Plays `count` episodes of `task`'s scripted policy in `env` (reset with the demonstration seeds)."""
     policy = scripted_policy(task)
     for i in range(count):
-        _, info = env.reset(seed=derive_seed(seed, DEMO_SEED_STREAM, i))
-        frames, actions, rewards, successes = [info["frame"]], [], [], []
-        terminated = truncated = False
-        while not (terminated or truncated):
-            action = np.clip(policy.get_action(env.state_obs), -1.0, 1.0).astype(np.float32)
-            _, reward, terminated, truncated, info = env.step(action)
-            frames.append(info["frame"])
-            actions.append(action)
-            rewards.append(reward)
-            successes.append(bool(info["success"]))
-        yield DemoEpisode(np.stack(frames), np.stack(actions), np.asarray(rewards, dtype=np.float32),
-                          np.asarray(successes), bool(terminated), bool(truncated))
+        yield scripted_episode(env, policy, seed=derive_seed(seed, DEMO_SEED_STREAM, i))
+
+
+def demos_added(episodes: list[DemoEpisode]) -> str:
+    """The line a run prints once its demonstrations are in the replay."""
+    successes = sum(episode.success for episode in episodes)
+    return f"added {len(episodes)} scripted demo episodes to the replay ({successes} successful)"

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
 from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mbrl.demos import demo_episodes
+from mbrl.demos import demo_episodes, demos_added
 from mbrl.envs import EnvConfig, make_env
 from mbrl.evaluation import run_eval_episodes
 from mbrl.logger import Logger, WandbConfig, resume_checked
@@ -378,11 +378,10 @@ class Trainer:
 
     def _add_demos(self) -> None:
         """Puts `demos` episodes of Meta-World's scripted policy into the replay (no frame budget used)."""
-        successes = 0
-        for episode in demo_episodes(self.train_env, self.cfg.task, self.cfg.demos, self.cfg.seed):
+        episodes = list(demo_episodes(self.train_env, self.cfg.task, self.cfg.demos, self.cfg.seed))
+        for episode in episodes:
             self.replay.add_episode(episode.frames, episode.actions, episode.rewards, episode.successes)
-            successes += episode.success
-        tqdm.write(f"added {self.cfg.demos} scripted demo episodes to the replay ({successes} successful)")
+        tqdm.write(demos_added(episodes))
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save(self) -> None:

@@ -76,7 +76,7 @@ def _demo_replay(spec: RunSpec, sheeprl_cfg: Any) -> contextlib.AbstractContextM
     """Plays the run's demonstrations (`mbrl.demos`, on an env of its own: no frames counted) and returns the
     context in which sheeprl builds its replay holding them."""
     from agents.dreamerv3.demos import demo_rows, replay_with_demos
-    from mbrl.demos import demo_episodes
+    from mbrl.demos import demo_episodes, demos_added
     from mbrl.envs import make_env
 
     env = make_env(spec.env)
@@ -84,6 +84,5 @@ def _demo_replay(spec: RunSpec, sheeprl_cfg: Any) -> contextlib.AbstractContextM
         episodes = list(demo_episodes(env, spec.task, spec.demos, spec.seed))
     finally:
         env.close()
-    successes = sum(episode.success for episode in episodes)
-    print(f"added {spec.demos} scripted demo episodes to the replay ({successes} successful)")
+    print(demos_added(episodes))
     return replay_with_demos([demo_rows(episode, bool(sheeprl_cfg.env.clip_rewards)) for episode in episodes])

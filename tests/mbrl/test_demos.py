@@ -43,3 +43,18 @@ def test_the_scripted_policy_acts_on_the_task(env):
     finally:
         long_env.close()
     assert episode.rewards[-10:].mean() > episode.rewards[:10].mean()
+
+
+def test_scripted_episode_adds_action_noise_from_the_generator_it_is_given(env):
+    from mbrl.demos import scripted_episode
+    from mbrl.envs import scripted_policy
+
+    policy = scripted_policy("reach")
+    clean = scripted_episode(env, policy, seed=5)
+    noisy = scripted_episode(env, policy, seed=5, noise=0.3, rng=np.random.default_rng(0))
+    again = scripted_episode(env, policy, seed=5, noise=0.3, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(noisy.frames[0], clean.frames[0])  # same start
+    assert not np.allclose(noisy.actions, clean.actions) and np.abs(noisy.actions).max() <= 1.0
+    np.testing.assert_array_equal(noisy.actions, again.actions)
+    with pytest.raises(ValueError, match="random generator"):
+        scripted_episode(env, policy, seed=5, noise=0.3)

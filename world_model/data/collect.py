@@ -30,6 +30,7 @@ from typing import get_type_hints
 import numpy as np
 from tqdm import tqdm
 
+from mbrl.demos import scripted_episode
 from mbrl.envs import EnvConfig, make_env, resolve_task, scripted_policy, short_name
 
 
@@ -106,32 +107,20 @@ def collect(cfg: CollectConfig) -> list[Path]:
     try:
         progress = tqdm(range(cfg.episodes), desc=f"collect {name}", unit="episode")
         for index in progress:
-            _, info = env.reset()
-            frames, actions, rewards, success = [info["frame"]], [], [], []
-            truncated = False
-            while not truncated:
-                action = policy.get_action(env.state_obs)
-                if cfg.noise > 0:
-                    action = action + cfg.noise * noise_rng.standard_normal(action.shape)
-                action = np.clip(action, -1.0, 1.0).astype(np.float32)
-                _, reward, _, truncated, info = env.step(action)
-                frames.append(info["frame"])
-                actions.append(action)
-                rewards.append(reward)
-                success.append(info["success"])
-            pad = ([np.zeros(env.action_dim, np.float32)], [0.0], [False])
-            path = out / f"{name}_{index:06d}_{len(actions)}.npz"
+            episode = scripted_episode(env, policy, noise=cfg.noise, rng=noise_rng)
+            path = out / f"{name}_{index:06d}_{len(episode.actions)}.npz"
+            # no step leaves the final frame: its action, reward and success rows are zero padding
             _save_npz(
                 path,
                 {
-                    "image": np.stack(frames).transpose(0, 2, 3, 1),
-                    "action": np.array(actions + pad[0], dtype=np.float32),
-                    "reward": np.array(rewards + pad[1], dtype=np.float32),
-                    "success": np.array(success + pad[2], dtype=bool),
+                    "image": episode.frames.transpose(0, 2, 3, 1),
+                    "action": np.concatenate([episode.actions, np.zeros((1, env.action_dim), np.float32)]),
+                    "reward": np.concatenate([episode.rewards, np.zeros(1, np.float32)]),
+                    "success": np.concatenate([episode.successes, [False]]),
                 },
             )
             files.append(path)
-            successes += any(success)
+            successes += episode.success
             progress.set_postfix(success_rate=f"{successes / (index + 1):.2f}")
     finally:
         env.close()

@@ -83,14 +83,36 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2 upsampling followed by a 3x3 conv."""
+    """Nearest-neighbour x2 upsampling followed by a 3x3 conv, computed as one stride-2 transposed conv.
+
+    The two are the same linear map. Along each axis an output pixel of ``conv3x3(upsample(x))`` sees two
+    input pixels: output ``2i`` gets ``w0 * x[i-1] + (w1 + w2) * x[i]`` and output ``2i+1`` gets
+    ``(w0 + w1) * x[i] + w2 * x[i+1]`` (zero outside, as the conv's zero padding). That is a transposed conv
+    (stride 2, padding 1) with the 4-tap kernel ``[w2, w1 + w2, w0 + w1, w0]`` along each axis: 16 taps per
+    2x2 output block instead of 36, and the upsampled map is never written. On the development CPU (2
+    threads, cpu preset) each of the decoder's two upsamplers ran 1.5-1.9x faster this way for 8 frames in
+    bf16 (about 2.4 -> 1.4 ms) and 1.8-2.9x faster for 32 frames in float32 (``experiments/bench_upsample.py``).
+    The parameters (``conv.weight``, ``conv.bias``) are the published layer's; the 4-tap kernel is derived from
+    them on each call with plain additions, so it follows training and stays in the weights' precision.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return F.conv_transpose2d(x, upsampling_kernel(self.conv.weight), self.conv.bias, stride=2, padding=1)
+
+
+def upsampling_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 conv's weight ``(C_out, C_in, 3, 3)`` -> the ``conv_transpose2d`` weight ``(C_in, C_out, 4, 4)``
+    that applies it to a nearest-neighbour x2 upsampled input (see ``Upsample``)."""
+
+    def taps(w: torch.Tensor, dim: int) -> torch.Tensor:
+        w0, w1, w2 = w.unbind(dim)
+        return torch.stack([w2, w1 + w2, w0 + w1, w0], dim=dim)
+
+    return taps(taps(weight, 2), 3).transpose(0, 1)
 
 
 class SpatialSelfAttention(nn.Module):

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from world_model.blocks import SLOW_CHANNELS_LAST_NORM_POSITIONS, GroupNorm, _slow_norm_layout
+from world_model.blocks import SLOW_CHANNELS_LAST_NORM_POSITIONS, GroupNorm, Upsample, _slow_norm_layout
 from world_model.tokenizer import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -348,3 +348,25 @@ def test_group_norm_matches_torch_in_every_layout(size: int, dtype: torch.dtype)
         torch.testing.assert_close(got, want, atol=tol, rtol=tol)
     detour = _slow_norm_layout(x.contiguous(memory_format=torch.channels_last))
     assert detour == (dtype == torch.bfloat16 and size * size <= SLOW_CHANNELS_LAST_NORM_POSITIONS)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_upsample_is_nearest_upsampling_then_conv(layout: torch.memory_format) -> None:
+    """Upsample runs as one transposed conv; it must be the published layer's nearest x2 + 3x3 conv, in its
+    output and in the gradients of its input and parameters (the tokenizer trains through it)."""
+    torch.manual_seed(0)
+    ours = Upsample(6)
+    reference = nn.Conv2d(6, 6, 3, padding=1)
+    reference.load_state_dict(ours.conv.state_dict())
+    x = torch.randn(2, 6, 3, 5).contiguous(memory_format=layout)  # odd, non-square: every border case
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = ours(x_ours)
+    want = reference(nn.functional.interpolate(x_ref, scale_factor=2.0, mode="nearest"))
+    assert got.shape == want.shape == (2, 6, 6, 10)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(want)
+    (got * upstream).sum().backward()
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.conv.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(ours.conv.bias.grad, reference.bias.grad, atol=1e-4, rtol=1e-5)

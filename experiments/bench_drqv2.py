@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
 from mbrl.replay import TransitionBatch
+from mbrl.utils import MALLOC_HELP, MALLOC_MODES, configure_malloc
 
 BF16_VARIANT = "drqv2 bf16-encoder"  # the agent with agent.encoder_precision=bfloat16
 
@@ -118,9 +119,11 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=5, help="timed updates per variant")
     parser.add_argument("--variants", nargs="+", default=["reference-style", "drqv2 nchw", "drqv2"],
                         help=f"also: '{BF16_VARIANT}' (agent.encoder_precision=bfloat16)")
+    parser.add_argument("--malloc", choices=MALLOC_MODES, default="tuned", help=MALLOC_HELP)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = parser.parse_args()
     obs_shape = tuple(int(d) for d in args.obs.split("x"))
+    malloc = "tuned" if configure_malloc(args.malloc) else "as the system set it"
     batch = make_batch(args.batch, obs_shape, action_dim=4)
 
     rows = []
@@ -141,7 +144,8 @@ def main() -> None:
         return
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"DrQ-v2 update, batch {args.batch}, obs {args.obs}, torch {torch.__version__}, load avg {load:.2f}"
+        f"DrQ-v2 update, batch {args.batch}, obs {args.obs}, torch {torch.__version__}, malloc {malloc}, "
+        f"load avg {load:.2f}"
     )
     print(f"{'variant':<18}{'threads':>8}{'s/update':>10}{'updates/s':>11}{'speed-up':>10}")
     base = {r.threads: r.seconds_per_update for r in rows if r.variant == "reference-style"}

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from mbrl.utils import MALLOC_HELP, MALLOC_MODES, configure_malloc
 from world_model.imagination import ImaginationConfig
 from world_model.model import IVideoGPT
 from world_model.precision import autocast_to, dtype_name
@@ -285,7 +286,8 @@ def fmt(value: float | None, spec: str) -> str:
 
 def print_table(rows: list[Row], machine: dict) -> None:
     print(f"device {machine['device']}, torch {machine['torch']}, threads {machine['threads']}, "
-          f"load average at start {machine['load_average']}"
+          f"load average at start {machine['load_average']}, "
+          f"malloc {'tuned' if machine['malloc_tuned'] else 'as the system set it'}"
           + (f", copy bandwidth {machine['bandwidth_gb_s']:.0f} GB/s" if machine.get("bandwidth_gb_s") else ""))
     compiled = ("token step and decoder compiled" if machine["engine_decoder_compiled"] else "token step compiled"
                 ) if machine["engine_compiled"] else "eager"
@@ -330,6 +332,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="the engine's transformer precision (ImaginationConfig.precision; auto: bfloat16 on "
                              "CUDA, float32 on a CPU, where eager bf16 token steps are slower)")
+    parser.add_argument("--malloc", choices=MALLOC_MODES, default="tuned", help=MALLOC_HELP)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     try:
@@ -340,10 +343,11 @@ def main() -> None:
         parser.error("--batches, --horizon and --repeats must be positive")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    malloc_tuned = configure_malloc(args.malloc)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "load_average": [round(x, 2) for x in os.getloadavg()]}
+               "load_average": [round(x, 2) for x in os.getloadavg()], "malloc_tuned": malloc_tuned}
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
     if bandwidth is not None:
         machine["bandwidth_gb_s"] = bandwidth / 1e9

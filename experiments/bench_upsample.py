@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mbrl.utils import configure_threads, pick_device
+from mbrl.utils import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
 from world_model.blocks import Upsample
 from world_model.precision import native_bf16
 from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig, inference_layout
@@ -72,9 +72,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--malloc", choices=MALLOC_MODES, default="tuned", help=MALLOC_HELP)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = parser.parse_args()
     configure_threads("auto" if args.threads is None else args.threads)
+    configure_malloc(args.malloc)
     device = pick_device(args.device)
     torch.manual_seed(0)
     dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16(device) else [])

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from mbrl.replay import SegmentBatch
-from mbrl.utils import configure_threads, pick_device
+from mbrl.utils import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
 from world_model.model import IVideoGPT
 from world_model.training import OptimConfig, WorldModelTrainer, to_unit
 from world_model.transformer import num_parameters
@@ -212,20 +212,23 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=900.0, help="wall-clock budget per preset")
     parser.add_argument("--threads", default="auto", help="torch CPU threads (auto: all usable cores)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--malloc", choices=MALLOC_MODES, default="tuned", help=MALLOC_HELP)
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args()
     if args.repeats < 1 or args.max_seconds <= 0:
         parser.error("--repeats must be >= 1 and --max-seconds > 0")
 
     threads = configure_threads(args.threads)
+    malloc = "tuned" if configure_malloc(args.malloc) else "as the system set it"
     device = pick_device(args.device)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results = [bench_preset(name.strip(), device, threads, args) for name in args.presets.split(",") if name.strip()]
     if args.json:
-        print(json.dumps({"load_average_at_start": load, "torch": torch.__version__,
+        print(json.dumps({"load_average_at_start": load, "torch": torch.__version__, "malloc": malloc,
                           "results": [asdict(r) for r in results]}, indent=2))
     else:
-        print(f"torch {torch.__version__}, {device}, {threads} thread(s), load average at start {load:.2f}\n")
+        print(f"torch {torch.__version__}, {device}, {threads} thread(s), malloc {malloc}, "
+              f"load average at start {load:.2f}\n")
         print(table(results))
 
 

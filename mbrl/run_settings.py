@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from mbrl.envs import EnvConfig
 from mbrl.logger import WandbConfig
-from mbrl.utils import coerce_ints
+from mbrl.utils import MALLOC_MODES, coerce_ints
 from mbrl.video import VIDEO_FORMATS
 
 _COUNTS = ("num_train_frames", "eval_every_frames", "num_eval_episodes", "checkpoint_every_frames", "demos")
@@ -25,6 +25,7 @@ class RunSettings:
     seed: int = 1
     device: str = "auto"
     num_threads: int | str = "auto"
+    malloc: str = "tuned"  # mbrl.utils.configure_malloc: tuned | system
     num_train_frames: int = 260_000
     eval_every_frames: int = 10_000
     num_eval_episodes: int = 20
@@ -41,6 +42,8 @@ class RunSettings:
         for name in _COUNTS:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.malloc not in MALLOC_MODES:
+            raise ValueError(f"malloc={self.malloc!r} must be one of {', '.join(MALLOC_MODES)}")
         if self.resume not in RESUME_MODES:
             raise ValueError(f"resume={self.resume!r} must be auto, true or false")
         if self.video_format not in VIDEO_FORMATS:

@@ -43,6 +43,7 @@ from mbrl.utils import (
     Ratio,
     Timer,
     Until,
+    configure_malloc,
     configure_threads,
     derive_seed,
     pick_device,
@@ -191,6 +192,7 @@ class Trainer:
         self.checkpoint_path = self.run_dir / "checkpoints" / "latest.pt"
         resume = self._should_resume()
         configure_threads(cfg.num_threads)
+        configure_malloc(cfg.malloc)
         set_seed(cfg.seed)
         self.device = pick_device(cfg.device)
         self.action_repeat = cfg.env.action_repeat

@@ -1,9 +1,11 @@
-"""Small shared helpers: device and thread choice, seeding, frame<->step schedules, timers."""
+"""Small shared helpers: device, thread and allocator choice, seeding, frame<->step schedules, timers."""
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import platform
 import random
 import re
 import time
@@ -45,6 +47,39 @@ def configure_threads(num_threads: int | str = "auto") -> int:
         raise ValueError(f"num_threads={num_threads!r} must be >= 1 or 'auto'")
     torch.set_num_threads(n)
     return n
+
+
+MALLOC_MODES = ("tuned", "system")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter numbers, from glibc's <malloc.h>
+MMAP_THRESHOLD_BYTES = 32 << 20  # the largest M_MMAP_THRESHOLD glibc accepts on 64-bit systems
+TRIM_THRESHOLD_BYTES = 1 << 30
+MALLOC_HELP = "glibc malloc settings, as the training config's `malloc` (mbrl.utils.configure_malloc)"
+
+
+def configure_malloc(mode: str = "tuned") -> bool:
+    """Makes glibc's malloc keep freed blocks of up to 32 MiB for reuse; returns whether it changed anything.
+
+    PyTorch's CPU tensors come from malloc. By default glibc maps blocks above a threshold (128 KiB at first,
+    raised as such blocks are freed) straight from the kernel and unmaps them on free, and it hands the top of
+    the heap back once 128 KiB of it is free: a training step that allocates the same few-MB activations
+    every time pays page faults and page zeroing for each. `"tuned"` sets the mmap threshold to 32 MiB and
+    the trim threshold to 1 GiB, so those blocks are reused (a process holds up to that much freed memory).
+    On the development machine (2 cores) this made a DrQ-v2 update 12-25% faster (0.22 vs 0.25-0.28 s), a
+    tokenizer update about 8% faster and tokenizing a batch 20-35% faster (`experiments/bench_drqv2.py`,
+    `bench_world_model.py`, each run with and without it); the imagination engine, which reuses its own
+    buffers, ran at the same speed. `"system"` leaves glibc's settings as they are. Settings apply to the
+    whole process and cannot be undone; without glibc (macOS, Windows, musl) nothing happens.
+    """
+    if mode not in MALLOC_MODES:
+        raise ValueError(f"malloc={mode!r} must be one of {', '.join(MALLOC_MODES)}")
+    if mode == "system" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    # the mmap threshold first: setting either one also stops glibc from moving them on its own
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD,
+                                                                                   TRIM_THRESHOLD_BYTES))
 
 
 def coerce_ints(obj: object, names: tuple[str, ...], prefix: str = "") -> None:

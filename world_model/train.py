@@ -29,7 +29,16 @@ from tqdm import tqdm
 from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mbrl.logger import Logger, WandbConfig, resume_checked, save_run_info
 from mbrl.replay import SegmentBatch
-from mbrl.utils import Timer, coerce_ints, configure_threads, derive_seed, pick_device, set_seed
+from mbrl.utils import (
+    MALLOC_MODES,
+    Timer,
+    coerce_ints,
+    configure_malloc,
+    configure_threads,
+    derive_seed,
+    pick_device,
+    set_seed,
+)
 from world_model.data import EpisodeDataset
 from world_model.lpips import build_perceptual
 from world_model.model import IVideoGPT
@@ -106,6 +115,7 @@ class WorldModelTrainConfig:
     seed: int = 1
     device: str = "auto"
     num_threads: int | str = _AUTO
+    malloc: str = "tuned"  # mbrl.utils.configure_malloc: tuned | system
     resume: bool | str = _AUTO
     out: str = "runs/world_model"
     progress_bar: bool = True
@@ -126,6 +136,8 @@ class WorldModelTrainConfig:
         if self.context_frames is not None and self.segment_length <= self.context_frames:
             raise ValueError(f"segment_length={self.segment_length} must exceed context_frames="
                              f"{self.context_frames}: the frames after the context are the prediction targets")
+        if self.malloc not in MALLOC_MODES:
+            raise ValueError(f"malloc={self.malloc!r} must be one of {', '.join(MALLOC_MODES)}")
         for name in ("action_conditioned", "reward_head", "resume"):
             if getattr(self, name) not in (_AUTO, True, False):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be auto, true or false")
@@ -209,6 +221,7 @@ class WorldModelRun:
         self.checkpoint_dir = self.run_dir / CHECKPOINT_DIR
         resume = self._should_resume()
         configure_threads(cfg.num_threads)
+        configure_malloc(cfg.malloc)
         set_seed(cfg.seed)
         self.device = pick_device(cfg.device)
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.dreamerv3.config import DreamerV3Config, RunSpec, sheeprl_config
 from mbrl.logger import Logger
-from mbrl.utils import configure_threads, pick_device
+from mbrl.utils import configure_malloc, configure_threads, pick_device
 
 __all__ = ["DreamerV3Config", "RunSpec", "run"]
 
@@ -47,6 +47,7 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
     sheeprl_dir = run_dir / "sheeprl"
     sheeprl_dir.mkdir(parents=True, exist_ok=True)
     num_threads = configure_threads(spec.num_threads)
+    configure_malloc(spec.malloc)
     device = pick_device(spec.device)
     session_id = new_session_id()
     composed = sheeprl_config(spec, sheeprl_dir, session_id, device, num_threads)

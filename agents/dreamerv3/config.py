@@ -161,6 +161,7 @@ class RunSpec(RunSettings):
         keys = (
             "device",
             "num_threads",
+            "malloc",
             "num_train_frames",
             "eval_every_frames",
             "num_eval_episodes",

@@ -151,6 +151,7 @@ def compose_config(*overrides: str) -> dict:
         ("env.episode_length=2", "nstep"),
         ("resume=maybe", "resume"),
         ("demos=-1", "demos=-1 must be >= 0"),
+        ("malloc=jemalloc", "malloc='jemalloc' must be one of tuned, system"),
         ("video_format=avi", "video_format"),
         ("logging.wandb.mode=on", "wandb.mode"),
         ("seed=abc", "whole number"),

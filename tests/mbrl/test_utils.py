@@ -1,11 +1,14 @@
-"""Frame<->step schedules, update ratios, derived seeds, device choice."""
+"""Frame<->step schedules, update ratios, derived seeds, device and allocator choice."""
 
 from __future__ import annotations
+
+import ctypes
+import platform
 
 import pytest
 import torch
 
-from mbrl.utils import Every, Ratio, Until, derive_seed, pick_device
+from mbrl.utils import MMAP_THRESHOLD_BYTES, Every, Ratio, Until, configure_malloc, derive_seed, pick_device
 
 
 def test_until_counts_agent_steps_of_a_frame_budget():
@@ -44,3 +47,39 @@ def test_pick_device():
     assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="not a torch device"):
         pick_device("tpu9")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def test_malloc_modes():
+    assert configure_malloc("system") is False
+    with pytest.raises(ValueError, match="malloc='fast' must be one of tuned, system"):
+        configure_malloc("fast")
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_tuned_malloc_serves_large_blocks_from_the_heap():
+    """After tuning, a block just under the threshold is not mapped from the kernel (glibc's counter of mapped
+    blocks stays put); glibc's default threshold (at most 32 MiB and usually far lower) would map it."""
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc < 2.33 has no mallinfo2")
+    libc.mallinfo2.restype = _MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    assert configure_malloc("tuned") is True
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(MMAP_THRESHOLD_BYTES - (1 << 20))
+    try:
+        assert block and libc.mallinfo2().hblks == before
+    finally:
+        libc.free(block)
+    big = libc.malloc(2 * MMAP_THRESHOLD_BYTES)  # above the threshold: still mapped, as it should be
+    try:
+        assert big and libc.mallinfo2().hblks == before + 1
+    finally:
+        libc.free(big)

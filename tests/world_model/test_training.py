@@ -207,6 +207,8 @@ def test_part_cadence_and_config_errors(episodes):
         compose_config(f"data={episodes}", "action_conditioned=yes")
     with pytest.raises(ValueError, match="segment_length=2 must exceed context_frames=2"):
         compose_config(f"data={episodes}", "segment_length=2")
+    with pytest.raises(ValueError, match="malloc='system32' must be one of tuned, system"):
+        compose_config(f"data={episodes}", "malloc=system32")
     with pytest.raises(ValueError, match="nothing would be trained"):
         compose_config(f"data={episodes}", "tokenizer.every=0", "transformer.every=0")
 

@@ -64,10 +64,11 @@ def configure_malloc(mode: str = "tuned") -> bool:
     the heap back once 128 KiB of it is free: a training step that allocates the same few-MB activations
     every time pays page faults and page zeroing for each. `"tuned"` sets the mmap threshold to 32 MiB and
     the trim threshold to 1 GiB, so those blocks are reused (a process holds up to that much freed memory).
-    On the development machine (2 cores) this made a DrQ-v2 update 12-25% faster (0.22 vs 0.25-0.28 s), a
-    tokenizer update about 8% faster and tokenizing a batch 20-35% faster (`experiments/bench_drqv2.py`,
-    `bench_world_model.py`, each run with and without it); the imagination engine, which reuses its own
-    buffers, ran at the same speed. `"system"` leaves glibc's settings as they are. Settings apply to the
+    On the development machine (2 cores) a DrQ-v2 update at batch 256 took 0.22-0.24 s instead of 0.25-0.30 s,
+    a tokenizer update (16 x 12 frames) 1.79-1.84 s instead of 1.94-2.00 s (`experiments/bench_drqv2.py`,
+    `bench_world_model.py`, three and two runs each way); the imagination engine, which reuses its own buffers,
+    ran at the same speed; the cpu profile's main job, whose batches are small, ran 6,000 frames in 4:28
+    instead of 4:33 with the same peak memory (1.6 GB) and 22x fewer page faults. `"system"` leaves glibc's settings as they are. Settings apply to the
     whole process and cannot be undone; without glibc (macOS, Windows, musl) nothing happens.
     """
     if mode not in MALLOC_MODES:

@@ -11,7 +11,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from world_model.blocks import SLOW_CHANNELS_LAST_NORM_POSITIONS, GroupNorm, Upsample, _slow_norm_layout
+from world_model.blocks import (
+    SLOW_CHANNELS_LAST_NORM_POSITIONS,
+    GroupNorm,
+    Upsample,
+    _slow_norm_layout,
+    context_attention,
+)
 from world_model.tokenizer import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -370,3 +376,20 @@ def test_upsample_is_nearest_upsampling_then_conv(layout: torch.memory_format) -
     torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.conv.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(ours.conv.bias.grad, reference.bias.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_context_attention_matches_sdpa():
+    """The cross-attention's bf16 CPU inference path (explicit matrix products) gives SDPA's result, within bf16
+    rounding; other precisions and anything under autograd go to SDPA itself."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 10, 8), torch.randn(2, 4, 10, 8)
+    want = nn.functional.scaled_dot_product_attention(q, k, v)
+    with torch.no_grad():
+        got = context_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)
+        torch.testing.assert_close(context_attention(q, k, v), want)
+    q.requires_grad_()
+    out = context_attention(q, k, v)
+    out.sum().backward()
+    assert q.grad is not None and torch.equal(out.detach(), want)

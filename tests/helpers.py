@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +40,20 @@ def run_train_cli(*overrides: str, check: bool = True) -> subprocess.CompletedPr
     if check and result.returncode != 0:
         raise AssertionError(f"mbrl.train failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+def checkpoint_folder(root: Path, tiny: Path, transformer: str) -> Path:
+    """A published-layout folder pointing at the tiny checkpoint's tokenizer and one of its transformer folders
+    (`transformer`: action-free, or `transformer_with_heads`: actions and a reward head)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tokenizer").symlink_to(tiny / "tokenizer", target_is_directory=True)
+    (root / "transformer").symlink_to(tiny / transformer, target_is_directory=True)
+    return root
+
+
+def tiny_contexts(tiny: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four different two-frame contexts (B=4, 2, 3, H, W) (two windows of each fixture video) and smooth
+    actions (4, T, A)."""
+    data = np.load(tiny / "fixture.npz")
+    frames, actions = torch.from_numpy(data["frames"]), torch.from_numpy(data["actions"])
+    return torch.cat([frames[:, 0:2], frames[:, 3:5]]), torch.cat([actions, actions.flip(1)])

@@ -1,8 +1,7 @@
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import checkpoint_folder, tiny_contexts
 
 from world_model.imagination import (
     EngineSettings,
@@ -20,26 +19,16 @@ from world_model.model import IVideoGPT
 from world_model.reference_rollout import reference_rollout
 
 
-def load_tiny(root: Path, tiny: Path, transformer: str) -> IVideoGPT:
-    root.mkdir(parents=True)
-    (root / "tokenizer").symlink_to(tiny / "tokenizer", target_is_directory=True)
-    (root / "transformer").symlink_to(tiny / transformer, target_is_directory=True)
-    return IVideoGPT.from_pretrained(root)
-
-
 @pytest.fixture(scope="module")
 def models(tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("imagination")
-    return {"heads": load_tiny(root / "heads", tiny_checkpoint, "transformer_with_heads"),
-            "bare": load_tiny(root / "bare", tiny_checkpoint, "transformer")}
+    return {name: IVideoGPT.from_pretrained(checkpoint_folder(root / name, tiny_checkpoint, folder))
+            for name, folder in (("heads", "transformer_with_heads"), ("bare", "transformer"))}
 
 
 @pytest.fixture(scope="module")
 def contexts(tiny_checkpoint):
-    """Four different two-frame contexts (two windows of each fixture video) and smooth actions."""
-    data = np.load(tiny_checkpoint / "fixture.npz")
-    frames, actions = torch.from_numpy(data["frames"]), torch.from_numpy(data["actions"])
-    return torch.cat([frames[:, 0:2], frames[:, 3:5]]), torch.cat([actions, actions.flip(1)])
+    return tiny_contexts(tiny_checkpoint)
 
 
 def engine_rollout(imaginer: Imaginer, context: torch.Tensor, actions: torch.Tensor | None, horizon: int,

@@ -1,10 +1,10 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import checkpoint_folder
 from safetensors.torch import load_file, save_file
 
 from world_model.model import IVideoGPT, sample_top_k, symexp, symlog
@@ -17,14 +17,6 @@ FIXTURE_KEYS = ("frames", "actions", "tokens", "labels", "recon", "logits", "los
 def fixture(tiny_checkpoint):
     data = np.load(tiny_checkpoint / "fixture.npz")
     return {k: torch.from_numpy(data[k]) for k in FIXTURE_KEYS}
-
-
-def checkpoint_folder(root: Path, tiny: Path, transformer: str) -> Path:
-    """A published-layout folder pointing at the tiny tokenizer and one of its transformer folders."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tokenizer").symlink_to(tiny / "tokenizer", target_is_directory=True)
-    (root / "transformer").symlink_to(tiny / transformer, target_is_directory=True)
-    return root
 
 
 @pytest.fixture(scope="module")

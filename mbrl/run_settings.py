@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from mbrl.envs import EnvConfig
 from mbrl.logger import WandbConfig
-from mbrl.utils import MALLOC_MODES, coerce_ints
+from mbrl.utils import check_malloc, coerce_ints
 from mbrl.video import VIDEO_FORMATS
 
 _COUNTS = ("num_train_frames", "eval_every_frames", "num_eval_episodes", "checkpoint_every_frames", "demos")
@@ -42,8 +42,7 @@ class RunSettings:
         for name in _COUNTS:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if self.malloc not in MALLOC_MODES:
-            raise ValueError(f"malloc={self.malloc!r} must be one of {', '.join(MALLOC_MODES)}")
+        check_malloc(self.malloc)
         if self.resume not in RESUME_MODES:
             raise ValueError(f"resume={self.resume!r} must be auto, true or false")
         if self.video_format not in VIDEO_FORMATS:

@@ -56,6 +56,12 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 MALLOC_HELP = "glibc malloc settings, as the training config's `malloc` (mbrl.utils.configure_malloc)"
 
 
+def check_malloc(mode: str) -> None:
+    """A one-line error unless `mode` is one of `MALLOC_MODES` (for config checks before anything runs)."""
+    if mode not in MALLOC_MODES:
+        raise ValueError(f"malloc={mode!r} must be one of {', '.join(MALLOC_MODES)}")
+
+
 def configure_malloc(mode: str = "tuned") -> bool:
     """Makes glibc's malloc keep freed blocks of up to 32 MiB for reuse; returns whether it changed anything.
 
@@ -68,11 +74,11 @@ def configure_malloc(mode: str = "tuned") -> bool:
     a tokenizer update (16 x 12 frames) 1.79-1.84 s instead of 1.94-2.00 s (`experiments/bench_drqv2.py`,
     `bench_world_model.py`, three and two runs each way); the imagination engine, which reuses its own buffers,
     ran at the same speed; the cpu profile's main job, whose batches are small, ran 6,000 frames in 4:28
-    instead of 4:33 with the same peak memory (1.6 GB) and 22x fewer page faults. `"system"` leaves glibc's settings as they are. Settings apply to the
-    whole process and cannot be undone; without glibc (macOS, Windows, musl) nothing happens.
+    instead of 4:33 with the same peak memory (1.6 GB) and 22x fewer page faults. `"system"` leaves glibc's
+    settings as they are. Settings apply to the whole process and cannot be undone; without glibc (macOS,
+    Windows, musl) nothing happens.
     """
-    if mode not in MALLOC_MODES:
-        raise ValueError(f"malloc={mode!r} must be one of {', '.join(MALLOC_MODES)}")
+    check_malloc(mode)
     if mode == "system" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)

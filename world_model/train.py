@@ -30,8 +30,8 @@ from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng
 from mbrl.logger import Logger, WandbConfig, resume_checked, save_run_info
 from mbrl.replay import SegmentBatch
 from mbrl.utils import (
-    MALLOC_MODES,
     Timer,
+    check_malloc,
     coerce_ints,
     configure_malloc,
     configure_threads,
@@ -136,8 +136,7 @@ class WorldModelTrainConfig:
         if self.context_frames is not None and self.segment_length <= self.context_frames:
             raise ValueError(f"segment_length={self.segment_length} must exceed context_frames="
                              f"{self.context_frames}: the frames after the context are the prediction targets")
-        if self.malloc not in MALLOC_MODES:
-            raise ValueError(f"malloc={self.malloc!r} must be one of {', '.join(MALLOC_MODES)}")
+        check_malloc(self.malloc)
         for name in ("action_conditioned", "reward_head", "resume"):
             if getattr(self, name) not in (_AUTO, True, False):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be auto, true or false")

@@ -266,12 +266,13 @@ class CrossAttention(nn.Module):
 def context_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Attention without dropout of queries ``(B, heads, L, d)`` to context keys/values ``(B, heads, S, d)``.
 
-    bf16 on a CPU (inference only): two bf16 matrix products around a softmax of the bf16 scores, which on the
-    development CPU took 2.3-2.6 ms against SDPA's 3.8-4.7 ms for the cpu preset's cross-attention of 8 frames
-    (256 queries, 512 keys, 4 heads of 32), about 10% of decoding a frame; the decoded frames were as far from a
-    float32 decode as SDPA's (largest pixel error 0.0020 either way). It needs the decoder's intermediate
-    tensors served from reused memory (``mbrl.utils.configure_malloc``); with glibc's default settings it was
-    slower than SDPA. Everywhere else (float32, where the flash kernel was faster, and CUDA) it is SDPA.
+    bf16 on a CPU (inference only): two bf16 matrix products around a softmax of the bf16 scores. On the
+    development CPU the cpu preset's cross-attention of 8 frames (256 queries, 512 keys, 4 heads of 32) took
+    2.3-2.6 ms this way against SDPA's 3.8-4.7 ms, and decoding those 8 frames 25.4-25.7 against 28.3-28.4 ms;
+    the decoded frames were as far from a float32 decode as SDPA's. Inside a whole decode it needs the
+    intermediate tensors served from reused memory (``mbrl.utils.configure_malloc``): with glibc's default
+    settings the decode was 2 ms slower than with SDPA. Everywhere else (float32, where the flash kernel was
+    faster, and CUDA) it is SDPA.
     """
     if q.device.type != "cpu" or q.dtype != torch.bfloat16 or torch.is_grad_enabled():
         return F.scaled_dot_product_attention(q, keys, values)

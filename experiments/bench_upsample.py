@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from mbrl.utils import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
 from world_model.blocks import Upsample
-from world_model.precision import native_bf16
+from world_model.precision import dtype_name, native_bf16
 from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig, inference_layout
 
 
@@ -86,7 +86,7 @@ def main() -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             x = inference_layout(torch.randn(batch, channels, size, size, device=device))
             for dtype in dtypes:
-                rows.append({"channels": channels, "input": size, "batch": batch, "dtype": str(dtype)[6:],
+                rows.append({"channels": channels, "input": size, "batch": batch, "dtype": dtype_name(dtype),
                              **measure(layer, x, dtype, args.repeats, device)})
     if args.json:
         print(json.dumps({"preset": args.preset, "device": str(device), "threads": torch.get_num_threads(),

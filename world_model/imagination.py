@@ -598,17 +598,21 @@ class Imaginer:
             self._compiled["decode"] = torch.compile(eager, backend=self.config.compile_backend)
         decode = self._compiled["decode"] if use_compile else eager
         codes = codes.unsqueeze(1)
+
+        def in_chunks(fn: Callable[[torch.Tensor, ContextCache], torch.Tensor]) -> torch.Tensor:
+            return torch.cat([fn(codes[rows], context) for rows, context in zip(active.chunks, active.contexts)])
+
         with eval_mode(self.tokenizer), autocast_to(self.device, dtype):
             try:
-                frames = [decode(codes[rows], context) for rows, context in zip(active.chunks, active.contexts)]
+                frames = in_chunks(decode)
             except Exception as err:  # compiler errors come in many types; bad input fails again eagerly below
                 if decode is eager:
                     raise
                 warnings.warn(f"torch.compile of the frame decoder failed ({type(err).__name__}: {err}); "
                               "decoding eagerly", RuntimeWarning, stacklevel=2)
                 self._compiled["decode"] = eager
-                frames = [eager(codes[rows], context) for rows, context in zip(active.chunks, active.contexts)]
-        return torch.cat(frames)[:, 0].float().clamp(0.0, 1.0)
+                frames = in_chunks(eager)
+        return frames[:, 0].float().clamp(0.0, 1.0)
 
     def step(self, actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Imagine the next frame of every rollout.

@@ -7,9 +7,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from world_model.imagination import Imaginer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,3 +61,18 @@ def tiny_contexts(tiny: Path) -> tuple[torch.Tensor, torch.Tensor]:
     data = np.load(tiny / "fixture.npz")
     frames, actions = torch.from_numpy(data["frames"]), torch.from_numpy(data["actions"])
     return torch.cat([frames[:, 0:2], frames[:, 3:5]]), torch.cat([actions, actions.flip(1)])
+
+
+def engine_rollout(imaginer: Imaginer, context: torch.Tensor, actions: torch.Tensor | None, horizon: int,
+                   seed: int, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """codes (B, K, n), raw rewards (B, K) or None, frames (B, K, 3, H, W) via sample() + decode(), sampled
+    with a generator on the engine's device seeded with `seed`."""
+    imaginer.reset(context, horizon=horizon, generator=torch.Generator(imaginer.device).manual_seed(seed), **kwargs)
+    codes, rewards, frames = [], [], []
+    for t in range(horizon):
+        code, reward = imaginer.sample(None if actions is None else actions[:, t])
+        codes.append(code)
+        rewards.append(reward)
+        frames.append(imaginer.decode(code))
+    raw = None if rewards[0] is None else torch.stack(rewards, 1)
+    return torch.stack(codes, 1), raw, torch.stack(frames, 1)

@@ -1,7 +1,7 @@
 
 import pytest
 import torch
-from helpers import checkpoint_folder, tiny_contexts
+from helpers import checkpoint_folder, engine_rollout, tiny_contexts
 
 from world_model.imagination import (
     EngineSettings,
@@ -29,20 +29,6 @@ def models(tiny_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def contexts(tiny_checkpoint):
     return tiny_contexts(tiny_checkpoint)
-
-
-def engine_rollout(imaginer: Imaginer, context: torch.Tensor, actions: torch.Tensor | None, horizon: int,
-                   seed: int, **kwargs):
-    """codes (B, K, n), raw rewards (B, K) or None, frames (B, K, 3, H, W) via sample() + decode()."""
-    imaginer.reset(context, horizon=horizon, generator=torch.Generator().manual_seed(seed), **kwargs)
-    codes, rewards, frames = [], [], []
-    for t in range(horizon):
-        code, reward = imaginer.sample(None if actions is None else actions[:, t])
-        codes.append(code)
-        rewards.append(reward)
-        frames.append(imaginer.decode(code))
-    raw = None if rewards[0] is None else torch.stack(rewards, 1)
-    return torch.stack(codes, 1), raw, torch.stack(frames, 1)
 
 
 # ------------------------------------------------------------------------------------- sampling

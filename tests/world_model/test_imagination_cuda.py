@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import REPO, checkpoint_folder, tiny_contexts
+from helpers import REPO, checkpoint_folder, engine_rollout, tiny_contexts
 
 from world_model.imagination import ImaginationConfig, Imaginer, symexp
 from world_model.model import IVideoGPT
@@ -46,17 +46,10 @@ def no_tf32():
 
 
 def rollout(imaginer: Imaginer, context: torch.Tensor, actions: torch.Tensor, horizon: int, seed: int):
-    """codes (B, K, n), raw rewards (B, K), frames (B, K, 3, H, W); a compiler or capture fallback fails."""
+    """`engine_rollout`, with a compiler or capture fallback (a RuntimeWarning) failing the test."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        imaginer.reset(context, horizon=horizon, generator=torch.Generator(CUDA).manual_seed(seed))
-        codes, rewards, frames = [], [], []
-        for t in range(horizon):
-            code, reward = imaginer.sample(actions[:, t])
-            codes.append(code)
-            rewards.append(reward)
-            frames.append(imaginer.decode(code))
-    return torch.stack(codes, 1), torch.stack(rewards, 1), torch.stack(frames, 1)
+        return engine_rollout(imaginer, context, actions, horizon, seed)
 
 
 def test_compiled_captured_float32_engine_samples_the_reference_codes(model, contexts, no_tf32):

@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import save_file
 
 from agents.nets import Actor, Critic, Encoder, RandomShift
-from mbrl.utils import Schedule, coerce_ints
-from world_model.precision import PRECISIONS, autocast_to, resolve_precision
+from core.config import coerce_ints
+from core.precision import PRECISIONS, autocast_to, resolve_precision
+from core.schedule import Schedule
 
 
 class TransitionLike(Protocol):

@@ -2,7 +2,7 @@
 
     python experiments/bench_dreamerv3.py [--sizes tiny,XS] [--steps tiny=400,XS=40] [--json]
 
-Each size runs the real pipeline (`agents.dreamerv3.run`: our env at 64x64, action repeat 2, sheeprl's
+Each size runs the real pipeline (`mbrl.dreamerv3.run`: our env at 64x64, action repeat 2, sheeprl's
 DreamerV3 at the configured replay ratio, batch and sequence length) without evaluations or checkpoints:
 first `agent.sequence_length` agent steps of random actions (sheeprl trains once every env has played a
 whole sequence), then `--steps` agent steps with training. Reported, from the run's train.csv:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
-from mbrl.replay import TransitionBatch
-from mbrl.utils import MALLOC_HELP, MALLOC_MODES, configure_malloc
+from core.batch import TransitionBatch
+from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc
 
 BF16_VARIANT = "drqv2 bf16-encoder"  # the agent with agent.encoder_precision=bfloat16
 

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import torch
 
-from mbrl.utils import MALLOC_HELP, MALLOC_MODES, configure_malloc
+from core.precision import autocast_to, dtype_name
+from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc
 from world_model.imagination import ImaginationConfig
 from world_model.model import IVideoGPT
-from world_model.precision import autocast_to, dtype_name
 from world_model.reference_rollout import reference_rollout
 from world_model.transformer import WorldModelTransformer
 

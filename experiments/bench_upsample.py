@@ -19,9 +19,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mbrl.utils import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
+from core.precision import dtype_name, native_bf16
+from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
 from world_model.blocks import Upsample
-from world_model.precision import dtype_name, native_bf16
 from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig, inference_layout
 
 

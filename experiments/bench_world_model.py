@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from mbrl.replay import SegmentBatch
-from mbrl.utils import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
+from core.batch import SegmentBatch
+from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
 from world_model.model import IVideoGPT
 from world_model.training import OptimConfig, WorldModelTrainer, to_unit
 from world_model.transformer import num_parameters

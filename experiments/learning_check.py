@@ -7,7 +7,7 @@
 Not a paper setting: a few hours on a 2-core CPU instead of days on a GPU. The stages, each a subprocess of
 this project's own CLIs (argument lists, no shell):
 
-1. ``collect``: scripted Meta-World episodes (``python -m world_model.data.collect``, noise 0.1) of
+1. ``collect``: scripted Meta-World episodes (``python -m mbrl.collect``, noise 0.1) of
    ``--pretrain-tasks`` (the target task is *not* among them) plus held-out ones, at ``--image-size``;
 2. ``pretrain``: an action-free, reward-free world model on them (``python -m world_model.train``, the cpu
    preset), the way the paper pre-trains on robot videos before fine-tuning;
@@ -34,7 +34,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mbrl.logger import read_rows
+from core.logger import read_rows
 
 PRETRAIN_TASKS = ("door_open", "drawer_open", "button_press", "push", "window_open", "drawer_close",
                   "handle_pull", "plate_slide")
@@ -64,7 +64,7 @@ def collect(a: argparse.Namespace, root: Path) -> None:
             out = root / "data" / split / task
             if out.is_dir() and any(out.glob("*.npz")):
                 continue
-            run(["world_model.data.collect", f"task={task}", f"episodes={episodes}", "noise=0.1", f"seed={seed}",
+            run(["mbrl.collect", f"task={task}", f"episodes={episodes}", "noise=0.1", f"seed={seed}",
                  f"image_size={a.image_size}", f"out={out}"], root / "collect.log")
 
 

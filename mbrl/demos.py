@@ -1,7 +1,7 @@
 """Scripted demonstrations: episodes of Meta-World's scripted policy in our pixel env.
 
 With `demos=N`, every agent starts with the same N episodes in its real replay (DrQ-v2 and MBPO through
-`mbrl.trainer`, DreamerV3 through its sheeprl replay, `agents.dreamerv3.demos`): episode i is reset with the
+`mbrl.trainer`, DreamerV3 through its sheeprl replay, `mbrl.dreamerv3.demos`): episode i is reset with the
 seed `derive_seed(seed, DEMO_SEED_STREAM, i)`, so methods compared at one seed see the same demonstrations.
 Demonstrations use no frame budget.
 """
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.runtime import derive_seed
 from mbrl.envs import MetaWorldPixelEnv, scripted_policy
 from mbrl.envs.tasks import ScriptedPolicy
-from mbrl.utils import derive_seed
 
-# Seed stream of demonstration episodes (with the run seed and the episode index, see mbrl.utils.derive_seed).
+# Seed stream of demonstration episodes (with the run seed and the episode index, see core.runtime.derive_seed).
 # Training episodes use stream 0, evaluation 1 (mbrl.evaluation.EVAL_SEED_STREAM), the replay's sampler 3.
 DEMO_SEED_STREAM = 2
 
@@ -51,7 +51,7 @@ def scripted_episode(env: MetaWorldPixelEnv, policy: ScriptedPolicy, seed: int |
     """One episode of ``policy`` in ``env``, reset with ``seed`` (None: the env's own next seed).
 
     ``noise`` > 0 adds Gaussian noise of that scale (drawn from ``rng``) to every action before clipping to
-    [-1, 1] (``world_model.data.collect`` records noisy experts that way).
+    [-1, 1] (``mbrl.collect`` records noisy experts that way).
     """
     if noise > 0 and rng is None:
         raise ValueError("action noise needs a random generator: pass rng=np.random.default_rng(seed)")

@@ -8,10 +8,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mbrl.utils import derive_seed
-from mbrl.video import VideoRecorder
+from core.runtime import derive_seed
+from core.video import VideoRecorder
 
-#: The seed stream of evaluation episodes (see `mbrl.utils.derive_seed`): episode i of the evaluation at agent
+#: The seed stream of evaluation episodes (see `core.runtime.derive_seed`): episode i of the evaluation at agent
 #: step s starts from `derive_seed(run_seed, EVAL_SEED_STREAM, s, i)`, whatever the agent.
 EVAL_SEED_STREAM = 1
 

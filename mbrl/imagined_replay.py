@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbrl.replay import TransitionBatch
+from core.batch import TransitionBatch
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 """Frame stacks uint8 `(B, S*3, H, W)` on the device -> actions `(B, A)` in [-1, 1]."""

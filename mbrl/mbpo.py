@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mbrl.imagined_replay import ImaginedReplay, Policy, Rollouts, imagine, mix_batches
-from mbrl.replay import ReplayBuffer, SegmentBatch, TransitionBatch
-from mbrl.utils import coerce_ints
-from mbrl.video import VideoRecorder
+from core.batch import SegmentBatch, TransitionBatch
+from core.config import coerce_ints
+from core.video import VideoRecorder
+from mbrl.imagined_replay import ImaginedReplay, Policy, Rollouts, imagine, mix_batches, to_uint8
+from mbrl.replay import ReplayBuffer
 from world_model.imagination import ImaginationConfig
 from world_model.lpips import build_perceptual
 from world_model.model import IVideoGPT
@@ -347,7 +348,7 @@ def rollout_video(rollouts: Rollouts, history: int) -> np.ndarray:
 
 
 def save_video(folder: Path, name: str, fmt: str, frames: np.ndarray) -> Path | None:
-    """Writes `(T, 3, H, W)` uint8 frames with `mbrl.video.VideoRecorder`."""
+    """Writes `(T, 3, H, W)` uint8 frames with `core.video.VideoRecorder`."""
     recorder = VideoRecorder(folder, fmt, fps=VIDEO_FPS)
     recorder.start(frames[0])
     for frame in frames[1:]:
@@ -547,26 +548,24 @@ class MBPO:
         if batch is None:
             return {}
         batch = batch.to(self.device)
-        scores = self.trainer.evaluate(batch, self.cfg.rollout.temperature, self.cfg.rollout.top_k,
+        result = self.trainer.evaluate(batch, self.cfg.rollout.temperature, self.cfg.rollout.top_k,
                                        self.validation_generator)
         self.counters["validations"] += 1
         # the teacher-forced losses (real tokens in, no sampling) next to the open-loop scores
         renamed = {"ce": "teacher_forced_ce", "reward": "teacher_forced_reward"}
-        metrics = {f"val/{renamed.get(key, key)}": value for key, value in scores.items() if key != "horizon"}
+        metrics = {f"val/{renamed.get(key, key)}": value for key, value in result.scores.items()
+                   if key != "horizon"}
         if self.video_format is not None:
-            self._validation_videos(batch, frame)
+            self._validation_videos(batch, result.predicted, frame)
         return metrics
 
-    def _validation_videos(self, batch: SegmentBatch, frame: int) -> None:
+    def _validation_videos(self, batch: SegmentBatch, predicted: torch.Tensor, frame: int) -> None:
+        """Videos of the scored rollouts (real | imagined | error) and of the latest imagined experience."""
         count = self.cfg.validation.video_segments
         if count > 0:
-            t0 = self.model.context_frames
-            frames, actions = batch.frames[:count], batch.actions[:count]
-            replayed = iter(actions[:, t0 - 1:-1].unbind(dim=1))  # the real action at each imagined step
-            rollouts = imagine(self.model, lambda obs: next(replayed), frames[:, :t0], frames.shape[1] - t0,
-                               frame_stack=1, temperature=self.cfg.rollout.temperature,
-                               top_k=self.cfg.rollout.top_k, generator=self.validation_generator)
-            self._save_video("val/video", f"val_{frame}", side_by_side(frames, rollouts.frames), frame)
+            real = batch.frames[:count]
+            imagined = torch.cat([real[:, :self.model.context_frames], to_uint8(predicted[:count])], dim=1)
+            self._save_video("val/video", f"val_{frame}", side_by_side(real, imagined), frame)
         if self.cfg.validation.video_rollouts > 0 and self.imagined.num_rollouts:
             latest = self.imagined.latest(self.cfg.validation.video_rollouts)
             self._save_video("imagination/video", f"imagined_{frame}", rollout_video(latest, self.history), frame)

@@ -26,50 +26,16 @@ overwritten are rejected. All randomness comes from one `numpy.random.Generator`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from core.batch import SegmentBatch, TransitionBatch
+
 # Rejection sampling redraws only the invalid candidates; with >= 1 valid start this ends quickly, the cap
 # only guards against a bug looping forever.
 _MAX_REJECTION_ROUNDS = 1000
-
-
-@dataclass
-class TransitionBatch:
-    """n-step transitions for the agent (torch tensors)."""
-
-    obs: torch.Tensor  # uint8 (B, S*3, H, W)
-    action: torch.Tensor  # float32 (B, A)
-    reward: torch.Tensor  # float32 (B, 1) n-step discounted sum
-    discount: torch.Tensor  # float32 (B, 1) discount^n
-    next_obs: torch.Tensor  # uint8 (B, S*3, H, W)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> TransitionBatch:
-        return TransitionBatch(
-            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
-        )
-
-
-@dataclass
-class SegmentBatch:
-    """Video segments in the official convention (see the module docstring)."""
-
-    frames: torch.Tensor  # uint8 (B, T, 3, H, W)
-    actions: torch.Tensor | None = None  # float32 (B, T, A); None for action-free data
-    rewards: torch.Tensor | None = None  # float32 (B, T); None where the data has no rewards
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> SegmentBatch:
-        return SegmentBatch(
-            **{
-                f.name: None
-                if getattr(self, f.name) is None
-                else getattr(self, f.name).to(device, non_blocking=non_blocking)
-                for f in fields(self)
-            }
-        )
 
 
 class ReplayBuffer:
@@ -359,7 +325,7 @@ class ReplayBuffer:
 
     # ---------------------------------------------------------------------------------------- demos
     def load_demos(self, folder: str | Path, image_key: str = "image") -> int:
-        """Add every episode `.npz` of `folder` (the `world_model.data.collect` layout) and return how many.
+        """Add every episode `.npz` of `folder` (the `mbrl.collect` layout) and return how many.
 
         Each file holds `image` uint8 `(T+1, H, W, 3)`, `action` `(T+1, A)`, `reward` and optionally
         `success` `(T+1,)`, where row t is the step taken at frame t and the last row is padding.
@@ -367,7 +333,7 @@ class ReplayBuffer:
         files = sorted(Path(folder).glob("*.npz"))
         if not files:
             raise ValueError(
-                f"no .npz episodes in {folder}; record some with `python -m world_model.data.collect`"
+                f"no .npz episodes in {folder}; record some with `python -m mbrl.collect`"
             )
         for file in files:
             with np.load(file) as episode:

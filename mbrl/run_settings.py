@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.checkpoint import RESUME_MODES
+from core.config import coerce_ints
+from core.logger import WandbConfig
+from core.runtime import check_malloc
+from core.video import VIDEO_FORMATS
 from mbrl.envs import EnvConfig
-from mbrl.logger import WandbConfig
-from mbrl.utils import check_malloc, coerce_ints
-from mbrl.video import VIDEO_FORMATS
 
 _COUNTS = ("num_train_frames", "eval_every_frames", "num_eval_episodes", "checkpoint_every_frames", "demos")
-RESUME_MODES = ("auto", True, False)
 
 
 @dataclass(kw_only=True)
@@ -25,7 +26,7 @@ class RunSettings:
     seed: int = 1
     device: str = "auto"
     num_threads: int | str = "auto"
-    malloc: str = "tuned"  # mbrl.utils.configure_malloc: tuned | system
+    malloc: str = "tuned"  # core.runtime.configure_malloc: tuned | system
     num_train_frames: int = 260_000
     eval_every_frames: int = 10_000
     num_eval_episodes: int = 20

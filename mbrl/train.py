@@ -16,8 +16,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from core.logger import save_run_info
 from mbrl.envs import resolve_task, short_name  # first: it picks headless rendering before MuJoCo loads
-from mbrl.logger import save_run_info
 from mbrl.trainer import TrainConfig, Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +52,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Callable[[], None]:
     Raises:
         ValueError: a bad setting (the message names it and the fix).
     """
-    if cfg.agent.name == "dreamerv3":  # its own loop: sheeprl's DreamerV3 (agents/dreamerv3)
-        from agents.dreamerv3 import RunSpec, run
+    if cfg.agent.name == "dreamerv3":  # its own loop: sheeprl's DreamerV3 (mbrl/dreamerv3)
+        from mbrl.dreamerv3 import RunSpec, run
 
         RunSpec.from_train_config(cfg)
         return lambda: run(cfg, run_dir)

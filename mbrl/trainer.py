@@ -31,32 +31,24 @@ import torch
 from tqdm import tqdm
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
-from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from core.batch import TransitionBatch
+from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, should_resume
+from core.logger import Logger, WandbConfig, resume_checked
+from core.precision import dtype_name
+from core.runtime import Timer, configure_malloc, configure_threads, derive_seed, pick_device, set_seed
+from core.schedule import Every, Ratio, Until
+from core.video import VideoRecorder
 from mbrl.demos import demo_episodes, demos_added
 from mbrl.envs import EnvConfig, make_env
 from mbrl.evaluation import run_eval_episodes
-from mbrl.logger import Logger, WandbConfig, resume_checked
-from mbrl.replay import ReplayBuffer, TransitionBatch
+from mbrl.replay import ReplayBuffer
 from mbrl.run_settings import RunSettings
-from mbrl.utils import (
-    Every,
-    Ratio,
-    Timer,
-    Until,
-    configure_malloc,
-    configure_threads,
-    derive_seed,
-    pick_device,
-    set_seed,
-)
-from mbrl.video import VideoRecorder
-from world_model.precision import dtype_name
 
 if TYPE_CHECKING:  # the world-model stack is imported only by runs that use it (mbrl.mbpo)
     from mbrl.mbpo import MBPOConfig
 
 CHECKPOINT_VERSION = 1
-# Independent seed streams, combined with the run seed and a counter (see mbrl.utils.derive_seed).
+# Independent seed streams, combined with the run seed and a counter (see core.runtime.derive_seed).
 # Evaluation uses mbrl.evaluation.EVAL_SEED_STREAM (1), shared with every agent.
 # Demonstrations use mbrl.demos.DEMO_SEED_STREAM (2).
 _TRAIN_EPISODE, _REPLAY = 0, 3
@@ -247,18 +239,7 @@ class Trainer:
         return self.step * self.action_repeat
 
     def _should_resume(self) -> bool:
-        exists = self.checkpoint_path.is_file()
-        if self.cfg.resume is True and not exists:
-            raise ValueError(
-                f"resume=true but no checkpoint was found ({self.checkpoint_path}); start a new run "
-                "with resume=auto, or name the old run folder with hydra.run.dir=..."
-            )
-        if self.cfg.resume is False and exists:
-            raise ValueError(
-                f"{self.run_dir} already holds a checkpoint; pass resume=auto to continue it or "
-                "choose another folder"
-            )
-        return exists and self.cfg.resume in ("auto", True)
+        return should_resume(self.checkpoint_path, self.cfg.resume, str(self.run_dir))
 
     # ------------------------------------------------------------------------------------------- loop
     def train(self) -> None:

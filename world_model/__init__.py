@@ -1,22 +1,32 @@
-"""iVideoGPT world model: compressive tokenizer, token layout, LLaMA transformer and the ``IVideoGPT`` facade."""
-from world_model.layout import IGNORE_INDEX, TokenLayout
-from world_model.model import Imaginer, IVideoGPT, symexp, symlog
-from world_model.presets import PRESETS
-from world_model.tokenizer import CompressiveTokenizer, ContextCache, TokenizerConfig
-from world_model.transformer import KVCache, TransformerConfig, WorldModelTransformer
+"""iVideoGPT world model: compressive tokenizer, token layout, LLaMA transformer and the ``IVideoGPT`` facade.
 
-__all__ = [
-    "IGNORE_INDEX",
-    "PRESETS",
-    "CompressiveTokenizer",
-    "ContextCache",
-    "IVideoGPT",
-    "Imaginer",
-    "KVCache",
-    "TokenLayout",
-    "TokenizerConfig",
-    "TransformerConfig",
-    "WorldModelTransformer",
-    "symexp",
-    "symlog",
-]
+The names below load on first use (PEP 562), so that importing one submodule, or a package that needs only
+``core``, never pulls in the whole model stack.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "IGNORE_INDEX": "world_model.layout",
+    "TokenLayout": "world_model.layout",
+    "IVideoGPT": "world_model.model",
+    "Imaginer": "world_model.model",
+    "symexp": "world_model.model",
+    "symlog": "world_model.model",
+    "PRESETS": "world_model.presets",
+    "CompressiveTokenizer": "world_model.tokenizer",
+    "ContextCache": "world_model.tokenizer",
+    "TokenizerConfig": "world_model.tokenizer",
+    "KVCache": "world_model.transformer",
+    "TransformerConfig": "world_model.transformer",
+    "WorldModelTransformer": "world_model.transformer",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'world_model' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -270,7 +270,7 @@ def context_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor)
     development CPU the cpu preset's cross-attention of 8 frames (256 queries, 512 keys, 4 heads of 32) took
     2.3-2.6 ms this way against SDPA's 3.8-4.7 ms, and decoding those 8 frames 25.4-25.7 against 28.3-28.4 ms;
     the decoded frames were as far from a float32 decode as SDPA's. Inside a whole decode it needs the
-    intermediate tensors served from reused memory (``mbrl.utils.configure_malloc``): with glibc's default
+    intermediate tensors served from reused memory (``core.runtime.configure_malloc``): with glibc's default
     settings the decode was 2 ms slower than with SDPA. Everywhere else (float32, where the flash kernel was
     faster, and CUDA) it is SDPA.
     """

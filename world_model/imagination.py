@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.precision import PRECISIONS, autocast_to, resolve_precision
 from world_model.layout import TokenLayout
-from world_model.precision import PRECISIONS, autocast_to, resolve_precision
 from world_model.tokenizer import CompressiveTokenizer, ContextCache
 from world_model.transformer import KVCache, WorldModelTransformer
 
@@ -140,7 +140,7 @@ class ImaginationConfig:
             steps were slower than float32 ones; compiled, faster: 47 vs 57 ms per imagined step at batch 32).
         decoder_precision: autocast dtype of the tokenizer's convolutions (context encoding at ``reset``, the
             frame decoder at every step); ``"auto"``: bfloat16 where it is native (a bf16 GPU, or a CPU with
-            AVX512-BF16 / AMX, see ``world_model.precision``), float32 elsewhere.
+            AVX512-BF16 / AMX, see ``core.precision``), float32 elsewhere.
         prefill_precision: autocast dtype of the context prefill at ``reset`` (long matrix products, unlike the
             token steps); its keys/values are stored in the cache's own dtype. ``"auto"``: bfloat16 where it is
             native, float32 elsewhere (on this project's development CPU, B=32: 0.42 s -> 0.27 s per prefill).

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.io import atomic_write, load_checked
+
 # sample_top_k and symexp are re-exported: they lived here before the engine moved to world_model.imagination
 from world_model.imagination import (  # noqa: F401
     ImaginationConfig,
@@ -25,7 +27,6 @@ from world_model.imagination import (  # noqa: F401
     symexp,
     symlog,
 )
-from world_model.io import atomic_write, load_checked
 from world_model.layout import IGNORE_INDEX, RewardAlignment, TokenLayout
 from world_model.presets import get_preset
 from world_model.tokenizer import CONFIG_NAME as TOKENIZER_CONFIG

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
+from core.precision import autocast_to
 from world_model.imagination import draw_noise, dynamics_logits, eval_mode, noise_width, sample_codes, symexp
 from world_model.model import IVideoGPT
-from world_model.precision import autocast_to
 
 
 @torch.no_grad()

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.io import atomic_write, load_checked
 from world_model.blocks import Decoder, Encoder
-from world_model.io import atomic_write, load_checked
 from world_model.vq import VectorQuantizer
 
 CONFIG_NAME = "config.json"

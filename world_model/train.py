@@ -26,20 +26,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mbrl.logger import Logger, WandbConfig, resume_checked, save_run_info
-from mbrl.replay import SegmentBatch
-from mbrl.utils import (
+from core.batch import SegmentBatch
+from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, should_resume
+from core.config import coerce_ints
+from core.logger import Logger, WandbConfig, resume_checked, save_run_info
+from core.runtime import (
     Timer,
     check_malloc,
-    coerce_ints,
     configure_malloc,
     configure_threads,
     derive_seed,
     pick_device,
     set_seed,
 )
-from world_model.data import EpisodeDataset
+from world_model.data.dataset import EpisodeDataset
 from world_model.lpips import build_perceptual
 from world_model.model import IVideoGPT
 from world_model.training import OptimConfig, WorldModelTrainer, build_model
@@ -51,7 +51,7 @@ STATE_FILE = "training_state.pt"
 STATE_VERSION = 1
 PRETRAIN_TOKENIZER_LR, FINETUNE_TOKENIZER_LR = 5e-4, 1e-4  # the official tokenizer scripts
 MAX_WARMUP_STEPS, WARMUP_FRACTION = 5000, 0.05  # the official transformer runs warm up for 5000 steps
-# Independent seed streams (mbrl.utils.derive_seed).
+# Independent seed streams (core.runtime.derive_seed).
 _DATA, _EVAL_SEGMENTS, _EVAL_SAMPLING = range(3)
 _AUTO = "auto"
 
@@ -115,7 +115,7 @@ class WorldModelTrainConfig:
     seed: int = 1
     device: str = "auto"
     num_threads: int | str = _AUTO
-    malloc: str = "tuned"  # mbrl.utils.configure_malloc: tuned | system
+    malloc: str = "tuned"  # core.runtime.configure_malloc: tuned | system
     resume: bool | str = _AUTO
     out: str = "runs/world_model"
     progress_bar: bool = True
@@ -276,14 +276,8 @@ class WorldModelRun:
         previous = self.run_dir / f".{CHECKPOINT_DIR}.old"
         if not self.checkpoint_dir.exists() and (previous / STATE_FILE).is_file():
             previous.rename(self.checkpoint_dir)  # a save was cut off between its two renames
-        exists = (self.checkpoint_dir / STATE_FILE).is_file()
-        if self.cfg.resume is True and not exists:
-            raise ValueError(f"resume=true but {self.checkpoint_dir / STATE_FILE} does not exist; start a new run "
-                             "with resume=auto or point out= at the old run folder")
-        if self.cfg.resume is False and exists:
-            raise ValueError(f"{self.run_dir} already holds a checkpoint; pass resume=auto to continue it or "
-                             "choose another out= folder")
-        return exists
+        return should_resume(self.checkpoint_dir / STATE_FILE, self.cfg.resume, str(self.run_dir),
+                             where="out=<old run folder>")
 
     def _eval_segments(self) -> SegmentBatch | None:
         """The held-out segments every validation scores (drawn once, with their own seed)."""
@@ -365,7 +359,8 @@ class WorldModelRun:
         if self.eval_batch is None:
             return {}
         generator = torch.Generator(self.device).manual_seed(derive_seed(self.cfg.seed, _EVAL_SAMPLING))
-        scores = self.trainer.evaluate(self.eval_batch, self.cfg.eval_temperature, self.cfg.eval_top_k, generator)
+        scores = self.trainer.evaluate(self.eval_batch, self.cfg.eval_temperature, self.cfg.eval_top_k,
+                                       generator).scores
         self.logger.log("eval", {"step": self.step, **{f"eval/{k}": v for k, v in scores.items()},
                                  "total_time": self._elapsed_before + self.timer.total()}, self.frame)
         reward = f" | reward MSE {scores['reward_mse']:.4g}" if "reward_mse" in scores else ""

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mbrl.replay import SegmentBatch
+from core.batch import SegmentBatch
+from core.precision import autocast
 from world_model.imagination import ImaginationConfig, module_mode
 from world_model.layout import RewardAlignment
 from world_model.model import IVideoGPT, base_layout
-from world_model.precision import autocast
 from world_model.presets import get_preset
 from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig
 from world_model.transformer import WorldModelTransformer
@@ -54,7 +54,7 @@ class OptimConfig:
         tokenizer_dropout: the cross-attention dropout (0.1) of the tokenizer in its updates. Off by default, as
             the official MBRL loop fine-tunes the tokenizer in eval mode; on a CPU it also makes an update about
             2.5x slower (CPU attention has no fused dropout, see ``docs/world_model.md``).
-        mixed_precision: bf16 autocast where the hardware has bf16 arithmetic (``world_model.precision``).
+        mixed_precision: bf16 autocast where the hardware has bf16 arithmetic (``core.precision``).
     """
 
     tokenizer_lr: float = 1e-4
@@ -256,7 +256,7 @@ def tokenizer_update(model: IVideoGPT, optimizer: torch.optim.Optimizer, batch: 
         perceptual: LPIPS module (inputs in [-1, 1]) or None.
         perceptual_weight: weight of the LPIPS terms.
         grad_clip: max gradient norm (0: none).
-        mixed_precision: bf16 autocast where native (``world_model.precision``).
+        mixed_precision: bf16 autocast where native (``core.precision``).
         dropout: the tokenizer in training mode (its cross-attention dropout on); False: eval mode, as the
             official MBRL fine-tuning (dropout is all that differs between the modes).
 
@@ -287,7 +287,7 @@ def transformer_update(model: IVideoGPT, optimizer: torch.optim.Optimizer, batch
             for a model with a reward head; on the model's device.
         scheduler: learning-rate schedule stepped after the update, or None.
         grad_clip: max gradient norm (0: none).
-        mixed_precision: bf16 autocast where native (``world_model.precision``).
+        mixed_precision: bf16 autocast where native (``core.precision``).
 
     Returns:
         ``transformer/loss``, ``transformer/ce``, ``transformer/reward`` (with a reward head),
@@ -314,9 +314,17 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
+@dataclass
+class OpenLoop:
+    """What an open-loop evaluation scored and the frames it scored, so that videos show the same rollouts."""
+
+    scores: dict[str, float]
+    predicted: torch.Tensor  # float in [0, 1] (B, T - T0, 3, H, W): the imagined future frames, on the model's device
+
+
 @torch.no_grad()
 def evaluate_open_loop(model: IVideoGPT, batch: SegmentBatch, temperature: float = 1.0, top_k: int | None = 100,
-                       generator: torch.Generator | None = None, mixed_precision: bool = True) -> dict[str, float]:
+                       generator: torch.Generator | None = None, mixed_precision: bool = True) -> OpenLoop:
     """Imagine each segment's future from its first T0 frames under its real actions and score it.
 
     The model runs as a batched environment (``reset`` on the context, ``step(actions[:, k])`` per frame),
@@ -329,10 +337,10 @@ def evaluate_open_loop(model: IVideoGPT, batch: SegmentBatch, temperature: float
             rewards (B, T) to score the reward head.
         temperature, top_k: sampling of the dynamics codes (0 temperature: greedy).
         generator: random source on the model's device, for reproducible scores.
-        mixed_precision: bf16 autocast where native (``world_model.precision``).
+        mixed_precision: bf16 autocast where native (``core.precision``).
 
     Returns:
-        ``mse``, ``psnr`` of the imagined frames; ``copy_last_mse``, ``copy_last_psnr`` of repeating the last
+        the imagined frames and their scores: ``mse``, ``psnr`` of the imagined frames; ``copy_last_mse``, ``copy_last_psnr`` of repeating the last
         context frame; ``recon_mse`` of the tokenizer's reconstruction of the real future frames (the floor
         imagination can reach); ``reward_mse`` (with a reward head and rewards; targets in the model's reward
         alignment); ``horizon``.
@@ -372,7 +380,7 @@ def evaluate_open_loop(model: IVideoGPT, batch: SegmentBatch, temperature: float
         scores["reward_mse"] = (torch.stack(rewards, dim=1).float() - targets).pow(2).mean()
     out = dict(zip(scores, torch.stack(list(scores.values())).tolist()))
     out["horizon"] = float(horizon)
-    return out
+    return OpenLoop(out, prediction)
 
 
 @torch.no_grad()
@@ -434,12 +442,13 @@ class WorldModelTrainer:
         return metrics
 
     def evaluate(self, batch: SegmentBatch, temperature: float = 1.0, top_k: int | None = 100,
-                 generator: torch.Generator | None = None) -> dict[str, float]:
-        """Open-loop scores (see :func:`evaluate_open_loop`) plus the teacher-forced ``ce`` / ``reward``."""
+                 generator: torch.Generator | None = None) -> OpenLoop:
+        """Open-loop rollouts and scores (see :func:`evaluate_open_loop`), the teacher-forced ``ce`` / ``reward``
+        added to the scores."""
         batch = batch.to(self.device)
-        scores = evaluate_open_loop(self.model, batch, temperature, top_k, generator, self.cfg.mixed_precision)
-        scores.update(teacher_forced_losses(self.model, batch, self.cfg.mixed_precision))
-        return scores
+        result = evaluate_open_loop(self.model, batch, temperature, top_k, generator, self.cfg.mixed_precision)
+        result.scores.update(teacher_forced_losses(self.model, batch, self.cfg.mixed_precision))
+        return result
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizer and schedule states and counters (the weights are saved with ``save_pretrained``)."""

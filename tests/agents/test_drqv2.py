@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
 from agents.nets import Encoder, RandomShift, shift_images
-from mbrl.checkpoint import load_checkpoint, save_checkpoint
-from mbrl.utils import Schedule
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.schedule import Schedule
 
 
 @pytest.fixture(autouse=True)

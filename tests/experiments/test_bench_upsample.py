@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from world_model.precision import native_bf16
+from core.precision import native_bf16
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "experiments" / "bench_upsample.py"

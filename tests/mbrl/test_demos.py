@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.runtime import derive_seed
 from mbrl.demos import DEMO_SEED_STREAM, demo_episodes
 from mbrl.envs import EnvConfig, make_env
-from mbrl.utils import derive_seed
 
 
 @pytest.fixture(scope="module")

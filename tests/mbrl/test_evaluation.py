@@ -1,8 +1,8 @@
 import numpy as np
 
+from core.runtime import derive_seed
+from core.video import VideoRecorder
 from mbrl.evaluation import EVAL_SEED_STREAM, run_eval_episodes
-from mbrl.utils import derive_seed
-from mbrl.video import VideoRecorder
 
 
 class CountingEnv:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.batch import TransitionBatch
 from mbrl.imagined_replay import ImaginedReplay, Rollouts, imagine, mix_batches, stack_frames, to_uint8
-from mbrl.replay import TransitionBatch
 
 FRAME = (3, 4, 4)
 ACTION_DIM = 2

@@ -9,7 +9,7 @@ import torch
 from helpers import read_csv, run_train_cli, wandb_record
 from hydra import compose, initialize_config_dir
 
-from mbrl.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint
 from mbrl.replay import ReplayBuffer
 from mbrl.train import run_dir_for
 from mbrl.trainer import TrainConfig

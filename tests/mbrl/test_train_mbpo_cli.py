@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import read_csv, run_train_cli
 
-from mbrl.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 # 10-step episodes (20 frames), the tiny world model, 2-segment world-model batches of 4 frames, 4 rollouts of

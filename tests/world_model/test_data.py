@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from world_model.data import EpisodeDataset
-from world_model.data.collect import main, parse_args
+from mbrl.collect import main, parse_args
+from world_model.data.dataset import EpisodeDataset
 
 TASK = "handle_press"
 

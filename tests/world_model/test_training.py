@@ -23,9 +23,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from mbrl.replay import SegmentBatch
-from world_model.data import EpisodeDataset
-from world_model.data.collect import CollectConfig, collect
+from core.batch import SegmentBatch
+from mbrl.collect import CollectConfig, collect
+from world_model.data.dataset import EpisodeDataset
 from world_model.model import IVideoGPT
 from world_model.train import STATE_FILE, WorldModelRun, WorldModelTrainConfig
 from world_model.training import (
@@ -181,7 +181,8 @@ def test_evaluate_open_loop_scores_against_real_frames_and_copy_last():
     frames = torch.randint(0, 256, (3, 5, 3, 16, 16), dtype=torch.uint8)
     frames[0] = frames[0, 1]  # a static segment: copying the last context frame is exact
     batch = SegmentBatch(frames, torch.rand(3, 5, 4) * 2 - 1, torch.rand(3, 5))
-    scores = evaluate_open_loop(model, batch, generator=torch.Generator().manual_seed(0))
+    result = evaluate_open_loop(model, batch, generator=torch.Generator().manual_seed(0))
+    scores = result.scores
     x = frames.float() / 255
     copy_last = (x[:, 2:] - x[:, 1:2]).pow(2).mean(dim=(2, 3, 4))
     assert copy_last[0].eq(0).all()
@@ -190,8 +191,12 @@ def test_evaluate_open_loop_scores_against_real_frames_and_copy_last():
     assert scores["psnr"] == pytest.approx(-10 * math.log10(scores["mse"]), abs=3.0)  # per-frame mean vs overall
     assert scores["mse"] > 0 and scores["recon_mse"] > 0 and scores["reward_mse"] >= 0
     assert scores["horizon"] == 3
+    # the scores are those of the frames it returns
+    assert result.predicted.shape == (3, 3, 3, 16, 16)
+    per_frame = (result.predicted - x[:, 2:]).pow(2).mean(dim=(2, 3, 4))
+    assert scores["mse"] == pytest.approx(per_frame.mean().item(), rel=1e-5)
     again = evaluate_open_loop(model, batch, generator=torch.Generator().manual_seed(0))
-    assert again == scores  # reproducible for a seeded generator
+    assert again.scores == scores and torch.equal(again.predicted, result.predicted)  # seeded: reproducible
     with pytest.raises(ValueError, match="batch has no actions"):
         evaluate_open_loop(model, SegmentBatch(frames))
 
@@ -226,11 +231,11 @@ def test_training_converges_and_imagination_beats_copying_the_last_frame(episode
     model = small_model(action_dim=data.action_dim, reward_head=True)
     trainer = WorldModelTrainer(model, OptimConfig(tokenizer_lr=1e-3, transformer_lr=1e-3, warmup_steps=20,
                                                    total_steps=200, max_target_frames=2))
-    before = evaluate_open_loop(model, held_out, generator=torch.Generator().manual_seed(0))
+    before = evaluate_open_loop(model, held_out, generator=torch.Generator().manual_seed(0)).scores
 
     tokenizer = [trainer.update_tokenizer(data.sample(4))["tokenizer/recon_l1"] for _ in range(300)]
     transformer = [trainer.update_transformer(data.sample(4))["transformer/ce"] for _ in range(200)]
-    after = trainer.evaluate(held_out, generator=torch.Generator().manual_seed(0))
+    after = trainer.evaluate(held_out, generator=torch.Generator().manual_seed(0)).scores
 
     assert np.mean(tokenizer[-10:]) < 0.25 * tokenizer[0]
     assert after["recon_mse"] < 0.1 * before["recon_mse"]

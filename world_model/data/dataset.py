@@ -3,7 +3,7 @@
 Each file is one episode: frames uint8 `(T, H, W, 3)` under an image key (`image` by default), optionally
 `action` `(T, D)` (`action[t]` taken at frame t), `reward` `(T,)` (of the transition out of frame t) and
 `success` `(T,)`. Folders without actions or rewards (action-free pre-training data) load too; the batch
-then carries `None` for them. Files written by `world_model.data.collect` pad the last row of `action`,
+then carries `None` for them. Files written by `mbrl.collect` pad the last row of `action`,
 `reward` and `success` with zeros (no step is taken at an episode's final frame).
 
 All episodes are loaded into memory once (uint8, channels first) and sampled with vectorised indexing; this
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mbrl.replay import SegmentBatch
+from core.batch import SegmentBatch
 
 ACTION_KEY = "action"
 REWARD_KEY = "reward"
@@ -46,7 +46,7 @@ class EpisodeDataset:
         if not files:
             raise ValueError(
                 f"no .npz episodes under {self.folder}; record some with "
-                f"`python -m world_model.data.collect task=door_open episodes=10 out={self.folder}`"
+                f"`python -m mbrl.collect task=door_open episodes=10 out={self.folder}`"
             )
 
         episodes = [self._load(file, image_key) for file in files]

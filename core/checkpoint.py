@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from core.io import atomic_write
 
 _NDARRAY_TAG = "__ndarray__"
 
@@ -42,19 +43,8 @@ def from_serializable(obj: Any) -> Any:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Writes `state` to `path` atomically: a reader (or a crash) never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(to_serializable(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Writes `state` to `path` atomically (`core.io.atomic_write`)."""
+    return atomic_write(path, lambda tmp: torch.save(to_serializable(state), tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -81,3 +71,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+RESUME_MODES = ("auto", True, False)
+
+
+def should_resume(checkpoint: str | Path, mode: str | bool, run: str = "the run folder",
+                  where: str = "hydra.run.dir=<old run folder>") -> bool:
+    """The one resume policy: whether a launch continues from `checkpoint`, for `resume` = `mode`.
+
+    - `auto`: continue when the checkpoint exists, start fresh otherwise;
+    - `True`: continue; a missing checkpoint is an error;
+    - `False`: start fresh; an existing checkpoint is an error (nothing is overwritten).
+
+    Args:
+        run: the run folder as the message should name it.
+        where: how the user names an old run folder on this command line (for the fix in the message).
+
+    Raises:
+        ValueError: one line naming the problem and the fix.
+    """
+    if mode not in RESUME_MODES:
+        raise ValueError(f"resume={mode!r} must be auto, true or false")
+    exists = Path(checkpoint).is_file()
+    if mode is True and not exists:
+        raise ValueError(f"resume=true but {checkpoint} does not exist; start a new run with resume=auto, or "
+                         f"name the old run folder ({where})")
+    if mode is False and exists:
+        raise ValueError(f"{run} already holds a checkpoint ({checkpoint}); pass resume=auto to continue it or "
+                         "choose another folder")
+    return exists

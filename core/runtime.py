@@ -1,13 +1,11 @@
-"""Small shared helpers: device, thread and allocator choice, seeding, frame<->step schedules, timers."""
+"""Run-time helpers every package shares: device, thread and allocator choice, seeding, a wall-clock timer."""
 
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import platform
 import random
-import re
 import time
 
 import numpy as np
@@ -53,7 +51,7 @@ MALLOC_MODES = ("tuned", "system")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter numbers, from glibc's <malloc.h>
 MMAP_THRESHOLD_BYTES = 32 << 20  # the largest M_MMAP_THRESHOLD glibc accepts on 64-bit systems
 TRIM_THRESHOLD_BYTES = 1 << 30
-MALLOC_HELP = "glibc malloc settings, as the training config's `malloc` (mbrl.utils.configure_malloc)"
+MALLOC_HELP = "glibc malloc settings, as the training config's `malloc` (core.runtime.configure_malloc)"
 
 
 def check_malloc(mode: str) -> None:
@@ -89,21 +87,6 @@ def configure_malloc(mode: str = "tuned") -> bool:
                                                                                    TRIM_THRESHOLD_BYTES))
 
 
-def coerce_ints(obj: object, names: tuple[str, ...], prefix: str = "") -> None:
-    """Makes the dataclass fields `names` of `obj` ints (integral floats such as 1e5 are accepted).
-
-    Raises:
-        ValueError: a value is not a whole number (one line naming the setting).
-    """
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{prefix}{name}={value!r} must be a whole number")  # noqa: TRY004 (a config error)
-        setattr(obj, name, value)
-
-
 def set_seed(seed: int) -> None:
     """Seeds python, numpy and torch (all devices) global generators."""
     random.seed(seed)
@@ -118,81 +101,6 @@ def derive_seed(*keys: int) -> int:
     environments exactly as the uninterrupted run would have.
     """
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] >> 1)
-
-
-class Until:
-    """`until(step)` is True while fewer than `frames` env frames were done (`frames=None`: forever).
-
-    Counts agent steps, configured in env frames (frames = agent steps x action repeat).
-    """
-
-    def __init__(self, frames: int | None, action_repeat: int = 1) -> None:
-        self.steps = None if frames is None else frames // action_repeat
-
-    def __call__(self, step: int) -> bool:
-        return self.steps is None or step < self.steps
-
-
-class Every:
-    """`every(step)` is True at agent steps 0, k, 2k, ... with k = `frames // action_repeat`.
-
-    `frames` of None or 0 means never.
-    """
-
-    def __init__(self, frames: int | None, action_repeat: int = 1) -> None:
-        if frames and frames < action_repeat:
-            raise ValueError(
-                f"a period of {frames} frames is shorter than one agent step ({action_repeat} frames)"
-            )
-        self.steps = frames // action_repeat if frames else None
-
-    def __call__(self, step: int) -> bool:
-        return self.steps is not None and step % self.steps == 0
-
-
-class Ratio:
-    """How many updates are due at an agent step for a fixed updates-per-step `ratio` (may be fractional).
-
-    Stateless (a function of the step counter only), so a resumed run keeps the exact update cadence:
-    ratio 2 -> 2 at every step; ratio 0.5 -> 1 at every other step.
-    """
-
-    def __init__(self, ratio: float) -> None:
-        if ratio < 0:
-            raise ValueError(f"an updates-per-step ratio must be >= 0, got {ratio}")
-        self.ratio = ratio
-
-    def __call__(self, step: int) -> int:
-        return math.floor(self.ratio * (step + 1)) - math.floor(self.ratio * step)
-
-
-class Schedule:
-    """A scalar schedule over agent steps, parsed once: a constant (`"0.2"`) or `"linear(init,final,n)"`."""
-
-    _LINEAR = re.compile(r"^\s*linear\(([^,]+),([^,]+),([^,]+)\)\s*$")
-
-    def __init__(self, spec: str | float) -> None:
-        self.spec = str(spec)
-        try:
-            self.init = self.final = float(spec)
-            self.duration = 1.0
-            return
-        except ValueError:
-            pass
-        match = self._LINEAR.match(self.spec)
-        try:
-            self.init, self.final, self.duration = (float(g) for g in match.groups())  # type: ignore[union-attr]
-        except (AttributeError, ValueError):
-            raise ValueError(
-                f"schedule {self.spec!r} is not understood; write a number or linear(init,final,steps), "
-                "e.g. linear(1.0,0.1,100000)"
-            ) from None
-        if self.duration <= 0:
-            raise ValueError(f"schedule {self.spec!r}: the duration must be > 0 steps")
-
-    def __call__(self, step: int) -> float:
-        mix = min(max(step / self.duration, 0.0), 1.0)
-        return (1.0 - mix) * self.init + mix * self.final
 
 
 class Timer:

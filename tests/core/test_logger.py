@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers import read_csv, wandb_record
 
-from mbrl.logger import CSVWriter, Logger, WandbConfig, config_changes, resume_error, save_run_info
+from core.logger import CSVWriter, Logger, WandbConfig, config_changes, resume_error, save_run_info
 
 TRAIN_ROW = {"step": 50, "episode": 1, "train/episode_return": 12.5, "train/success": 0.0}
 EVAL_ROW = {"step": 50, "episode": 1, "eval/episode_return": 30.0, "eval/success_rate": 0.25}

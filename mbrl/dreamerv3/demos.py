@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.dreamerv3.config import OBS_KEY
 from mbrl.demos import DemoEpisode
+from mbrl.dreamerv3.config import OBS_KEY
 
 
 def demo_rows(episode: DemoEpisode, clip_rewards: bool = False) -> dict[str, np.ndarray]:

@@ -12,10 +12,10 @@ from helpers import read_csv, run_train_cli, wandb_record
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from agents.dreamerv3 import run
-from agents.dreamerv3.config import RunSpec, schedule_steps, sheeprl_config
-from agents.dreamerv3.env import DictFrameEnv
-from agents.dreamerv3.session import _our_metric_name
+from mbrl.dreamerv3 import run
+from mbrl.dreamerv3.config import RunSpec, schedule_steps, sheeprl_config
+from mbrl.dreamerv3.env import DictFrameEnv
+from mbrl.dreamerv3.session import _our_metric_name
 from mbrl.envs import EnvConfig, make_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,8 +194,8 @@ def test_run_logs_our_metrics_against_env_frames(tmp_path):
 def test_demo_rows_are_written_as_sheeprl_writes_an_episode():
     from sheeprl.data.buffers import EnvIndependentReplayBuffer, SequentialReplayBuffer
 
-    from agents.dreamerv3.demos import demo_rows, seeded_replay_factory
     from mbrl.demos import DemoEpisode
+    from mbrl.dreamerv3.demos import demo_rows, seeded_replay_factory
 
     rng = np.random.default_rng(0)
     episodes = [
@@ -231,8 +231,8 @@ def test_demo_rows_are_written_as_sheeprl_writes_an_episode():
 
 
 def test_run_starts_sheeprl_replay_with_the_demonstrations(tmp_path, monkeypatch, capsys):
-    from agents.dreamerv3 import demos
     from mbrl.demos import demo_episodes
+    from mbrl.dreamerv3 import demos
 
     built = []
     seeded = demos.seeded_replay_factory
@@ -269,7 +269,7 @@ def test_run_starts_sheeprl_replay_with_the_demonstrations(tmp_path, monkeypatch
 
 
 def test_resume_point_refuses_what_it_cannot_continue(tmp_path):
-    from agents.dreamerv3.session import ResumePoint, resume_point
+    from mbrl.dreamerv3.session import ResumePoint, resume_point
 
     assert resume_point(tmp_path, "auto") is None
     with pytest.raises(ValueError, match="resume=true but"):

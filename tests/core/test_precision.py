@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from world_model import precision
-from world_model.precision import (
+from core import precision
+from core.precision import (
     autocast,
     autocast_to,
     cpu_has_native_bf16,

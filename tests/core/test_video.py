@@ -1,7 +1,7 @@
 import imageio.v2 as imageio
 import numpy as np
 
-from mbrl.video import VideoRecorder
+from core.video import VideoRecorder
 
 
 def _frame(value: int) -> np.ndarray:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mbrl.utils import Every, Ratio, Until, configure_malloc, derive_seed, pick_device
+from core.runtime import configure_malloc, derive_seed, pick_device
+from core.schedule import Every, Ratio, Until
 
 
 def test_until_counts_agent_steps_of_a_frame_budget():
@@ -59,7 +60,7 @@ def test_malloc_modes():
 
 _HEAP_PROBE = """
 import ctypes, sys
-from mbrl.utils import MMAP_THRESHOLD_BYTES, configure_malloc
+from core.runtime import MMAP_THRESHOLD_BYTES, configure_malloc
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

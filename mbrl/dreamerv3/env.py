@@ -7,12 +7,12 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 
-from agents.dreamerv3.config import OBS_KEY
+from mbrl.dreamerv3.config import OBS_KEY
 from mbrl.envs import MetaWorldPixelEnv
 
 
 class EpisodeSink(Protocol):
-    """Receives what the train envs play (`agents.dreamerv3.session.Session`)."""
+    """Receives what the train envs play (`mbrl.dreamerv3.session.Session`)."""
 
     def on_env_step(self) -> None:
         """One agent step was played (by any of the train envs)."""

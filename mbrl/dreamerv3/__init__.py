@@ -4,13 +4,13 @@
 (`pip install -e ".[baselines]"`, sheeprl). What is ours and what is sheeprl's:
 
 - ours: the env (action repeat, success bonus, rendering), the budgets (env frames), the evaluation
-  (greedy episodes every `eval_every_frames`), the logging (`mbrl.logger.Logger`: train.csv, eval.csv,
+  (greedy episodes every `eval_every_frames`), the logging (`core.logger.Logger`: train.csv, eval.csv,
   console, W&B) and the run folder;
 - sheeprl's: the DreamerV3 model, replay and training loop (`sheeprl.algos.dreamer_v3`), configured from
   configs/agent/dreamerv3.yaml; its own files go to `<run>/sheeprl/` (resolved config, checkpoints,
   memory-mapped replay).
 
-See agents/dreamerv3/session.py for how the two are joined and how `eval/*` is computed.
+See mbrl/dreamerv3/session.py for how the two are joined and how `eval/*` is computed.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from agents.dreamerv3.config import DreamerV3Config, RunSpec, sheeprl_config
-from mbrl.logger import Logger
-from mbrl.utils import configure_malloc, configure_threads, pick_device
+from core.logger import Logger
+from core.runtime import configure_malloc, configure_threads, pick_device
+from mbrl.dreamerv3.config import DreamerV3Config, RunSpec, sheeprl_config
 
 __all__ = ["DreamerV3Config", "RunSpec", "run"]
 
@@ -40,7 +40,7 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
     from sheeprl.cli import check_configs, run_algorithm
     from sheeprl.utils.utils import dotdict
 
-    from agents.dreamerv3.session import Session, new_session_id, registered, resume_point
+    from mbrl.dreamerv3.session import Session, new_session_id, registered, resume_point
 
     run_dir = Path(run_dir)
     resume = resume_point(run_dir, spec.resume)
@@ -76,8 +76,8 @@ def run(cfg: DictConfig, run_dir: Path) -> None:
 def _demo_replay(spec: RunSpec, sheeprl_cfg: Any) -> contextlib.AbstractContextManager[None]:
     """Plays the run's demonstrations (`mbrl.demos`, on an env of its own: no frames counted) and returns the
     context in which sheeprl builds its replay holding them."""
-    from agents.dreamerv3.demos import demo_rows, replay_with_demos
     from mbrl.demos import demo_episodes, demos_added
+    from mbrl.dreamerv3.demos import demo_rows, replay_with_demos
     from mbrl.envs import make_env
 
     env = make_env(spec.env)

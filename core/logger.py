@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import os
 import subprocess
 import sys
 import uuid
@@ -21,6 +20,8 @@ from typing import Any
 import yaml
 from termcolor import colored
 from tqdm import tqdm
+
+from core.io import atomic_write
 
 #: Console columns per section: (metric, short label, format).
 _CONSOLE = {
@@ -92,12 +93,13 @@ class CSVWriter:
         return read_rows(self.path)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, self.columns)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path, write)
 
 
 class Logger:

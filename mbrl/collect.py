@@ -1,6 +1,6 @@
 """Record scripted-policy Meta-World episodes as world-model training data.
 
-    python -m world_model.data.collect task=door_open episodes=50 out=data/door_open [noise=0.1] [seed=0]
+    python -m mbrl.collect task=door_open episodes=50 out=data/door_open [noise=0.1] [seed=0]
 
 Any `CollectConfig` field can be set as `key=value`. The episodes come from the same pixel env (action
 repeat, camera, flip, render quality) as training: one frame per agent step. Each episode is one compressed

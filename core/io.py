@@ -1,4 +1,4 @@
-"""Checked state-dict loading and atomic file writes, shared by the tokenizer and the transformer."""
+"""File writes that a crash cannot tear (`atomic_write`, the one used everywhere) and checked state-dict loading."""
 from __future__ import annotations
 
 import os
@@ -35,14 +35,19 @@ def _preview(items: list[str], limit: int = 8) -> str:
     return shown + (f", ... {len(items) - limit} more" if len(items) > limit else "")
 
 
-def atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """Calls `write(tmp_path)` for a temporary file beside `target`, then renames it over `target`: a crash
-    never leaves a half-written file."""
+def atomic_write(target: str | Path, write: Callable[[str], object]) -> Path:
+    """Calls `write(tmp_path)` for a temporary file beside `target`, flushes it to disk, then renames it over
+    `target`: a reader, or a crash, never sees a half-written file. Creates the parent folder. Returns `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return target

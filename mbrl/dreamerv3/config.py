@@ -3,7 +3,7 @@
 `RunSpec.from_train_config` reads the resolved config of `python -m mbrl.train agent=dreamerv3 ...`
 (configs/train.yaml + configs/agent/dreamerv3.yaml); `sheeprl_config` composes sheeprl's own Hydra config
 (`exp=dreamer_v3`, `algo=dreamer_v3_<size>`) and sets every field that our config decides: the env factory,
-budgets in agent steps, the replay, the devices, and the hooks that log into our `mbrl.logger.Logger`.
+budgets in agent steps, the replay, the devices, and the hooks that log into our `core.logger.Logger`.
 
 Units: sheeprl counts *policy steps* (agent steps summed over its envs); our budgets are *env frames*
 (agent steps x our action repeat). Our env repeats actions itself (one render per agent step), so sheeprl's
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from core.logger import WandbConfig
 from mbrl.envs import EnvConfig
-from mbrl.logger import WandbConfig
 from mbrl.run_settings import RunSettings
 
 #: Our size names -> sheeprl's algo configs. `tiny` is XS shrunk by `DreamerV3Config.tiny` (tests, smoke runs).
@@ -86,7 +86,7 @@ class DreamerV3Config:
 
 @dataclass(kw_only=True)
 class RunSpec(RunSettings):
-    """What `agents.dreamerv3.run` needs from the training config, typed and checked."""
+    """What `mbrl.dreamerv3.run` needs from the training config, typed and checked."""
 
     agent: DreamerV3Config
 
@@ -186,7 +186,7 @@ class RunSpec(RunSettings):
 def schedule_steps(spec: RunSpec) -> int:
     """sheeprl's `checkpoint.every` in agent steps: the callback that evaluates and checkpoints must run at
     every multiple of both periods, so it runs at their greatest common divisor and decides which is due
-    (`agents.dreamerv3.session.Session.on_checkpoint`). 0: only at the end of the run."""
+    (`mbrl.dreamerv3.session.Session.on_checkpoint`). 0: only at the end of the run."""
     repeat = spec.env.action_repeat
     periods = [p // repeat for p in (spec.eval_every_frames, spec.checkpoint_every_frames) if p > 0]
     return math.gcd(*periods) if periods else 0
@@ -248,7 +248,7 @@ def sheeprl_config(
             },
         )
         cfg.env.wrapper = {
-            "_target_": "agents.dreamerv3.session.make_train_env",
+            "_target_": "mbrl.dreamerv3.session.make_train_env",
             "env": env_fields,
             "seed": None,
             "session": session_id,
@@ -275,13 +275,13 @@ def sheeprl_config(
         cfg.fabric.devices = [device.index] if device.index is not None else 1
         cfg.fabric.precision = agent.fabric_precision(device)
         cfg.fabric.callbacks = [
-            {"_target_": "agents.dreamerv3.session.SessionCallback", "session": session_id}
+            {"_target_": "mbrl.dreamerv3.session.SessionCallback", "session": session_id}
         ]
         cfg.metric.log_level = 1
         # sheeprl averages its losses over this many agent steps: about one train episode of every env.
         cfg.metric.log_every = spec.env.episode_length * agent.num_envs
         cfg.metric.logger = {
-            "_target_": "agents.dreamerv3.session.SessionMetricsLogger",
+            "_target_": "mbrl.dreamerv3.session.SessionMetricsLogger",
             "session": session_id,
         }
         cfg.model_manager.disabled = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import pickle
 import random
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mbrl import checkpoint
-from mbrl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from core import checkpoint
+from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 def test_round_trip_keeps_tensors_arrays_and_primitives(tmp_path):
@@ -46,7 +47,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(path, {"version": 1})
 
     def crash(obj, f):
-        f.write(b"half a checkpoint")
+        pathlib.Path(f).write_bytes(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)

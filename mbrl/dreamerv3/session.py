@@ -12,7 +12,7 @@ running `Session` by id (sheeprl runs in this process, its train envs too: `env.
 
 Resume: after every sheeprl checkpoint (written by sheeprl's own callback: model, optimizers, replay, its
 counters) the session writes `<run>/dreamerv3_resume.json` atomically: the checkpoint's path and our counters
-at it. `agents.dreamerv3.run` reads it back (`resume_point`), hands the path to sheeprl
+at it. `mbrl.dreamerv3.run` reads it back (`resume_point`), hands the path to sheeprl
 (`checkpoint.resume_from`) and starts the session from those counters; the envs start fresh episodes there.
 sheeprl re-seeds its random streams from the run seed on resume, so a resumed run continues from the same
 state but not along the same random draws as an uninterrupted one would.
@@ -38,14 +38,14 @@ import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import Logger as FabricLogger
 
-from agents.dreamerv3.config import OBS_KEY, RunSpec
-from agents.dreamerv3.env import DictFrameEnv
+from core.io import atomic_write
+from core.logger import Logger
+from core.runtime import Timer
+from core.video import VideoRecorder
+from mbrl.dreamerv3.config import OBS_KEY, RunSpec
+from mbrl.dreamerv3.env import DictFrameEnv
 from mbrl.envs import make_env
 from mbrl.evaluation import run_eval_episodes
-from mbrl.logger import Logger
-from mbrl.utils import Timer
-from mbrl.video import VideoRecorder
-from world_model.io import atomic_write
 
 _SESSIONS: dict[str, Session] = {}
 RESUME_FILE = "dreamerv3_resume.json"
@@ -289,7 +289,7 @@ def get_session(session_id: str) -> Session:
     except KeyError:
         raise RuntimeError(
             f"no DreamerV3 session {session_id!r} in this process: launch through "
-            "agents.dreamerv3.run, which keeps sheeprl's envs in-process (env.sync_env=True)"
+            "mbrl.dreamerv3.run, which keeps sheeprl's envs in-process (env.sync_env=True)"
         ) from None
 
 

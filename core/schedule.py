@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 
 class Until:
@@ -84,3 +85,51 @@ class Schedule:
     def __call__(self, step: int) -> float:
         mix = min(max(step / self.duration, 0.0), 1.0)
         return (1.0 - mix) * self.init + mix * self.final
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """Something that runs at env frames `start`, `start + every`, `start + 2 * every`, ...
+
+    Args:
+        name: what runs (how a schedule of several cadences names it).
+        start: env frame of the first firing.
+        every: env frames between firings; 0 fires once, at `start`.
+        times: runs per firing.
+        first_times: runs at the first firing (None: `times`).
+    """
+
+    name: str
+    start: int
+    every: int = 0
+    times: int = 1
+    first_times: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.every < 0 or self.times < 0 or (self.first_times or 0) < 0:
+            raise ValueError(f"cadence {self.name!r}: start, every and times must be >= 0, got {self}")
+
+    def runs(self, frame: int, span: int) -> int:
+        """Runs due for the window of env frames `(frame - span, frame]`: the loop calls this once per agent
+        step with `span` = the action repeat, so every firing frame lands in exactly one window."""
+        if frame < self.start:
+            return 0
+        previous = frame - span
+        last = (frame - self.start) // self.every if self.every else 0
+        before = -1 if previous < self.start else ((previous - self.start) // self.every if self.every else 0)
+        count = last - before
+        if count <= 0:
+            return 0
+        first = self.times if self.first_times is None else self.first_times
+        return count * self.times + (first - self.times if before < 0 else 0)
+
+    def total_runs(self, frame: int) -> int:
+        """Runs at frames <= `frame` (all windows up to it)."""
+        return self.runs(frame, frame + 1)
+
+
+def crossed(previous: int, current: int, every: int) -> bool:
+    """True when a multiple of `every` lies in `(previous, current]` (`every` 0: never): "is a checkpoint or an
+    evaluation due now that the counter moved from `previous` to `current`", for counters that advance by
+    more than one at a time (episode ends)."""
+    return every > 0 and current // every > previous // every

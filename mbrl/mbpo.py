@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from core.batch import SegmentBatch, TransitionBatch
 from core.config import coerce_ints
+from core.schedule import Cadence
 from core.video import VideoRecorder
 from mbrl.imagined_replay import ImaginedReplay, Policy, Rollouts, imagine, mix_batches, to_uint8
 from mbrl.replay import ReplayBuffer
@@ -47,47 +48,6 @@ VIDEO_FPS = 4
 
 
 # ------------------------------------------------------------------------------------------ schedule
-@dataclass(frozen=True)
-class Cadence:
-    """Something that runs at env frames `start`, `start + every`, `start + 2 * every`, ...
-
-    Args:
-        name: what runs (a key of `MBPOSchedule.due`).
-        start: env frame of the first firing.
-        every: env frames between firings; 0 fires once, at `start`.
-        times: runs per firing.
-        first_times: runs at the first firing (None: `times`).
-    """
-
-    name: str
-    start: int
-    every: int = 0
-    times: int = 1
-    first_times: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.start < 0 or self.every < 0 or self.times < 0 or (self.first_times or 0) < 0:
-            raise ValueError(f"cadence {self.name!r}: start, every and times must be >= 0, got {self}")
-
-    def runs(self, frame: int, span: int) -> int:
-        """Runs due for the window of env frames `(frame - span, frame]`: the loop calls this once per agent
-        step with `span` = the action repeat, so every firing frame lands in exactly one window."""
-        if frame < self.start:
-            return 0
-        previous = frame - span
-        last = (frame - self.start) // self.every if self.every else 0
-        before = -1 if previous < self.start else ((previous - self.start) // self.every if self.every else 0)
-        count = last - before
-        if count <= 0:
-            return 0
-        first = self.times if self.first_times is None else self.first_times
-        return count * self.times + (first - self.times if before < 0 else 0)
-
-    def total_runs(self, frame: int) -> int:
-        """Runs at frames <= `frame` (all windows up to it)."""
-        return self.runs(frame, frame + 1)
-
-
 class MBPOSchedule:
     """The cadences of MBPO, in env frames. `due(frame)` -> runs of each, for the agent step at `frame`."""
 

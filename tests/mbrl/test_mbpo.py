@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
-from mbrl.mbpo import MBPO, Cadence, MBPOConfig, ScheduleConfig, build_schedule, build_world_model, draw_text
+from core.schedule import Cadence
+from mbrl.mbpo import MBPO, MBPOConfig, ScheduleConfig, build_schedule, build_world_model, draw_text
 from mbrl.replay import ReplayBuffer
 from world_model.imagination import ImaginationConfig
 

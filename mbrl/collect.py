@@ -4,7 +4,8 @@
 
 Any `CollectConfig` field can be set as `key=value`. The episodes come from the same pixel env (action
 repeat, camera, flip, render quality) as training: one frame per agent step. Each episode is one compressed
-`.npz` in the official converters' layout (DESIGN §5), with rows aligned to frames:
+`.npz` in the layout the official iVideoGPT dataset converters write (one `np.savez_compressed` file per
+episode, frames under `image`), with rows aligned to frames:
 
 | key       | shape           | dtype   | row t                                                     |
 |-----------|-----------------|---------|-----------------------------------------------------------|
@@ -14,7 +15,7 @@ repeat, camera, flip, render quality) as training: one frame per agent step. Eac
 | `success` | `(T+1,)`        | bool    | success during the step out of frame t                    |
 
 The last row of `action`, `reward` and `success` is zero padding: no step is taken at the final frame.
-`world_model.data.EpisodeDataset` and `ReplayBuffer.load_demos` read these folders.
+`world_model.data.dataset.EpisodeDataset` reads these folders.
 """
 
 from __future__ import annotations

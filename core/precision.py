@@ -4,10 +4,10 @@ bf16 autocast halves the bytes every convolution and matrix product moves, but o
 arithmetic turns that into speed: CUDA GPUs that support it, and CPUs with AVX512-BF16 or AMX-BF16 (recent
 Xeon / EPYC). Elsewhere oneDNN emulates bf16 and it is slower than float32, so there autocast stays off.
 
-Measured on the 2-core AVX512-BF16 development machine (torch 2.13, cpu preset, 2 threads): a tokenizer step
-on 4 segments of 8 frames 1.59 s -> 0.86 s, a transformer step 0.50 s -> 0.32 s, decoding 32 imagined frames
-284 ms -> 155 ms. bf16 *attention* kernels on that CPU are slower than float32 ones, which is why the rollout
-engine keeps its transformer in float32 on CPUs (see ``ImaginationConfig``).
+On a CPU with bf16 instructions, bf16 autocast speeds up tokenizer and transformer training steps and frame
+decoding (measurements in ``docs/imagination.md``). bf16 *attention* kernels there are slower than float32
+ones, which is why the rollout engine keeps its eager token steps in float32 on CPUs (see
+``world_model.imagination_config.ImaginationConfig``).
 """
 from __future__ import annotations
 

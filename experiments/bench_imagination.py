@@ -10,7 +10,7 @@ the tokenizer in bf16 where the CPU has bf16 instructions; reset and frame decod
 `cpu_chunk_rows` rollouts). `--compile true` is the fastest CPU setting measured here: the token step compiled
 and in bf16 where the CPU has bf16 instructions, the frame decoder eager (needs a C++ compiler; compiling takes
 tens of seconds and is not timed). `reference` is
-`world_model.reference_rollout.reference_rollout`: the published rollout's algorithm written with this
+`experiments/reference_rollout.py`: the published rollout's algorithm written with this
 project's modules (per imagined frame a fresh generate that re-reads the whole sequence, then detokenize;
 bfloat16 autocast on a GPU as the official code), in eval mode and with the context's cross-attention
 keys/values cached, so it is a *faster* baseline than the official code (see that module's docstring).
@@ -38,12 +38,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from reference_rollout import reference_rollout  # experiments/, this script's folder
 
 from core.precision import autocast_to, dtype_name
 from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc
 from world_model.imagination import ImaginationConfig
 from world_model.model import IVideoGPT
-from world_model.reference_rollout import reference_rollout
 from world_model.transformer import WorldModelTransformer
 
 ACTION_DIM = 4  # Meta-World

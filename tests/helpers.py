@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import csv
+import functools
+import importlib.util
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +17,8 @@ import torch
 
 if TYPE_CHECKING:
     from world_model.imagination import Imaginer
+    from world_model.model import IVideoGPT
+    from world_model.transformer import KVCache, WorldModelTransformer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,3 +81,36 @@ def engine_rollout(imaginer: Imaginer, context: torch.Tensor, actions: torch.Ten
         frames.append(imaginer.decode(code))
     raw = None if rewards[0] is None else torch.stack(rewards, 1)
     return torch.stack(codes, 1), raw, torch.stack(frames, 1)
+
+
+@functools.cache
+def experiment_module(name: str) -> ModuleType:
+    """The module ``experiments/<name>.py`` (not an installed package), loaded once from its file."""
+    folder = REPO / "experiments"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_rollout(model: IVideoGPT, context_frames: torch.Tensor, actions: torch.Tensor | None, horizon: int,
+                      **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``experiments/reference_rollout.py``'s straightforward rollout: frames (B, K, 3, H, W), rewards (B, K)
+    or None, codes (B, K, n)."""
+    return experiment_module("reference_rollout").reference_rollout(model, context_frames, actions, horizon, **kwargs)
+
+
+def prefill(model: WorldModelTransformer, ids: torch.Tensor, cache: KVCache, slot_actions: torch.Tensor | None = None,
+            slot_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a prefix ``ids`` (B, S) from position 0, storing its keys/values in ``cache``: logits (B, V) and
+    hidden state (B, H) of its last position."""
+    hidden = model(ids, slot_actions, slot_positions, return_logits=False, cache=cache).hidden[:, -1]
+    return model.llm.lm_head(hidden), hidden
+
+
+def decode_step(model: WorldModelTransformer, token: torch.Tensor, pos: torch.Tensor, cache: KVCache,
+                action: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feed one token (B, 1) per row at position ``pos`` through the cache, with ``action`` (B, A) added when it
+    is a slot token: next-token logits (B, V) and the token's hidden state (B, H)."""
+    hidden = model.decode_hidden(token, pos, cache, model.action_embedding(action))
+    return model.llm.lm_head(hidden), hidden

@@ -9,18 +9,19 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "ImaginationConfig": "world_model.imagination_config",
+    "Imaginer": "world_model.imagination",
     "IGNORE_INDEX": "world_model.layout",
     "TokenLayout": "world_model.layout",
+    "TransformerConfig": "world_model.llama",
     "IVideoGPT": "world_model.model",
-    "Imaginer": "world_model.model",
-    "symexp": "world_model.model",
-    "symlog": "world_model.model",
     "PRESETS": "world_model.presets",
+    "symexp": "world_model.sampling",
+    "symlog": "world_model.sampling",
     "CompressiveTokenizer": "world_model.tokenizer",
     "ContextCache": "world_model.tokenizer",
-    "TokenizerConfig": "world_model.tokenizer",
+    "TokenizerConfig": "world_model.tokenizer_config",
     "KVCache": "world_model.transformer",
-    "TransformerConfig": "world_model.transformer",
     "WorldModelTransformer": "world_model.transformer",
 }
 __all__ = list(_EXPORTS)

@@ -17,18 +17,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.io import atomic_write, load_checked
+from world_model.imagination import ImaginationConfig, Imaginer
+from world_model.layout import IGNORE_INDEX, RewardAlignment, TokenLayout
+from world_model.modes import eval_mode
+from world_model.presets import get_preset
 
 # sample_top_k and symexp are re-exported: they lived here before the engine moved to world_model.imagination
-from world_model.imagination import (  # noqa: F401
-    ImaginationConfig,
-    Imaginer,
-    eval_mode,
-    sample_top_k,
-    symexp,
-    symlog,
-)
-from world_model.layout import IGNORE_INDEX, RewardAlignment, TokenLayout
-from world_model.presets import get_preset
+from world_model.sampling import sample_top_k, symexp, symlog  # noqa: F401
 from world_model.tokenizer import CONFIG_NAME as TOKENIZER_CONFIG
 from world_model.tokenizer import WEIGHTS_NAME as TOKENIZER_WEIGHTS
 from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig

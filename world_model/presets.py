@@ -37,10 +37,10 @@ PRESETS: dict[str, Preset] = {
                      intermediate_size=4096, attention_dropout=0.1),
     # same architecture, widths small enough for a training step and a short rollout in seconds on a CPU;
     # no attention dropout: CPU attention has no fused dropout kernel, and with 0.1 a training step of this
-    # model took 4.4x longer on the development machine (1.25 s vs 0.28 s, batch 6 x 8 frames)
+    # model takes several times longer (see docs/imagination.md)
     "cpu": Preset("cpu", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                   intermediate_size=512, attention_dropout=0.0),
-    # the random-weight reference checkpoint in shared/reference/ivideogpt/tiny
+    # the size of the random-weight test checkpoint in the published layout (the tests' fixture)
     "tiny": Preset("tiny", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                    intermediate_size=128, attention_dropout=0.0),
 }

@@ -1,7 +1,7 @@
 
 import pytest
 import torch
-from helpers import checkpoint_folder, engine_rollout, tiny_contexts
+from helpers import checkpoint_folder, engine_rollout, reference_rollout, tiny_contexts
 
 from world_model.imagination import (
     EngineSettings,
@@ -16,7 +16,6 @@ from world_model.imagination import (
     symexp,
 )
 from world_model.model import IVideoGPT
-from world_model.reference_rollout import reference_rollout
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +152,24 @@ def test_a_batch_of_the_same_shape_reuses_the_cache_and_samples_as_a_fresh_engin
     assert imaginer._active.state.cache is not cache
     imaginer.release()
     assert imaginer._eager is None
+
+
+def test_the_engine_counts_imagined_transitions_and_its_seconds(models, contexts):
+    model, (context, actions) = models["heads"], contexts
+    imaginer = Imaginer(model.transformer, model.tokenizer, model.imaginer.layout)
+    assert (imaginer.imagined_transitions, imaginer.imagination_seconds, imaginer.transitions_per_s) == (0, 0.0, 0.0)
+    imaginer.reset(context[:3], horizon=2)
+    assert imaginer.imagined_transitions == 0 and imaginer.imagination_seconds > 0
+    for t in range(2):
+        imaginer.step(actions[:3, t])
+    seconds = imaginer.imagination_seconds
+    assert imaginer.imagined_transitions == 6
+    assert imaginer.transitions_per_s == pytest.approx(6 / seconds)
+    with pytest.raises(ValueError, match="horizon 2 reached"):
+        imaginer.sample(actions[:3, 0])
+    assert imaginer.imagined_transitions == 6  # a refused step imagines nothing
+    imaginer.clear_counters()
+    assert (imaginer.imagined_transitions, imaginer.imagination_seconds, imaginer.transitions_per_s) == (0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2])

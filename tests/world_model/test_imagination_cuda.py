@@ -14,11 +14,10 @@ import warnings
 
 import pytest
 import torch
-from helpers import REPO, checkpoint_folder, engine_rollout, tiny_contexts
+from helpers import REPO, checkpoint_folder, engine_rollout, reference_rollout, tiny_contexts
 
 from world_model.imagination import ImaginationConfig, Imaginer, symexp
 from world_model.model import IVideoGPT
-from world_model.reference_rollout import reference_rollout
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

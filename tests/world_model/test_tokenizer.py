@@ -11,13 +11,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from world_model.blocks import (
-    SLOW_CHANNELS_LAST_NORM_POSITIONS,
-    GroupNorm,
-    Upsample,
-    _slow_norm_layout,
-    context_attention,
-)
+from world_model.blocks import SLOW_CHANNELS_LAST_NORM_POSITIONS, GroupNorm, Upsample, _slow_norm_layout
+from world_model.cross_attention import context_attention
 from world_model.tokenizer import (
     CONFIG_NAME,
     WEIGHTS_NAME,

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import decode_step, prefill
 from safetensors.torch import load_file
 
 from world_model.layout import TokenLayout
@@ -106,13 +107,13 @@ def test_kv_cached_decoding_equals_full_forward(kv_heads, prefix):
         cache = model.new_cache(batch, max_len=length + 5)  # longer than used: masked tail must not leak in
         cache.k.normal_(), cache.v.normal_()
         in_prefix = slots < prefix
-        logits, hidden = model.prefill(ids[:, :prefix], cache, actions[:, in_prefix], slots[in_prefix])
+        logits, hidden = prefill(model, ids[:, :prefix], cache, actions[:, in_prefix], slots[in_prefix])
         torch.testing.assert_close(logits, full.logits[:, prefix - 1], atol=1e-5, rtol=0)
         pos = torch.tensor(prefix)
         for t in range(prefix, length):
             slot = (slots == t).nonzero()
             action = actions[:, int(slot)] if len(slot) else None
-            logits, hidden = model.decode_step(ids[:, t:t + 1], pos, cache, action)
+            logits, hidden = decode_step(model, ids[:, t:t + 1], pos, cache, action)
             torch.testing.assert_close(logits, full.logits[:, t], atol=1e-5, rtol=0)
             torch.testing.assert_close(hidden, full.hidden[:, t], atol=1e-5, rtol=0)
             pos += 1
@@ -126,17 +127,21 @@ def test_fill_cache_stores_what_prefill_stores(kv_heads):
     actions = torch.randn(3, 2, 3)
     with torch.no_grad():
         prefilled, filled = model.new_cache(3, max_len=15), model.new_cache(3, max_len=15)
-        model.prefill(ids, prefilled, actions, slots)
+        prefill(model, ids, prefilled, actions, slots)
         assert model.fill_cache(ids, filled, actions, slots) is None
     torch.testing.assert_close(filled.k, prefilled.k, atol=0, rtol=0)
     torch.testing.assert_close(filled.v, prefilled.v, atol=0, rtol=0)
     assert filled.k[:, :, :, 12:].abs().sum() == 0  # nothing past the prefix
 
 
-def test_fill_cache_refuses_a_prefix_that_does_not_fit():
+def test_fill_cache_and_a_cached_forward_refuse_a_prefix_that_does_not_fit():
     model = WorldModelTransformer(small_config())
     with pytest.raises(ValueError, match="does not fit a KV cache"):
         model.fill_cache(torch.zeros(2, 9, dtype=torch.long), model.new_cache(2, max_len=8))
+    with pytest.raises(ValueError, match="does not fit a KV cache"):
+        model(torch.zeros(2, 9, dtype=torch.long), cache=model.new_cache(2, max_len=8))
+    with pytest.raises(ValueError, match="does not fit a KV cache"):
+        model(torch.zeros(3, 4, dtype=torch.long), cache=model.new_cache(2, max_len=8))
 
 
 def test_actions_only_affect_positions_from_their_slot():

@@ -14,14 +14,18 @@ down a slow path), sampling restricted to the dynamics codes with the engine's s
 token (which the official code samples and throws away) not sampled, and the context's cross-attention
 keys/values computed once per rollout (the official code caches the context decoder's features but projects
 them again for every frame). The reward is read where the engine reads it, at the frame's last code.
+
+Used by ``experiments/bench_imagination.py`` (run as a script, so this folder is on ``sys.path``) and by the
+engine's exactness tests (through ``tests/helpers.py``); it is not part of the installed packages.
 """
 from __future__ import annotations
 
 import torch
 
 from core.precision import autocast_to
-from world_model.imagination import draw_noise, dynamics_logits, eval_mode, noise_width, sample_codes, symexp
 from world_model.model import IVideoGPT
+from world_model.modes import eval_mode
+from world_model.sampling import draw_noise, dynamics_logits, noise_width, sample_codes, symexp
 
 
 @torch.no_grad()
@@ -72,7 +76,7 @@ def reference_rollout(model: IVideoGPT, context_frames: torch.Tensor, actions: t
             noise = None if temperature <= 0 else draw_noise((n, batch, width), generator, device)
             if per_call_cache:
                 cache = transformer.new_cache(batch, ids.shape[1] + n)
-                _, hidden = transformer.prefill(ids, cache, slot_actions, slots)
+                hidden = transformer(ids, slot_actions, slots, return_logits=False, cache=cache).hidden[:, -1]
                 pos = torch.tensor(ids.shape[1], device=device)
             codes = []
             for i in range(n + 1):

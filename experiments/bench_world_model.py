@@ -5,17 +5,19 @@
 
 Per preset (random-initialised, action-conditioned with 4-d actions and a reward head, 64x64 frames):
 - parameters of the tokenizer and of the transformer (heads included);
-- `tokenizer step`: one `world_model.training.tokenizer_update` (the MBRL setting: T0 = 2 context frames plus
-  at most 5 future frames reconstructed per segment; no LPIPS term, since no weights ship with the project);
-- `transformer step`: one `transformer_update`, which tokenizes the segments first (no grad) and then runs the
-  transformer forward/backward; the tokenizing alone is timed too;
+- `tokenizer step`: one tokenizer update, `WorldModelTrainer.update_tokenizer` (the MBRL setting: T0 = 2 context
+  frames plus at most 5 future frames reconstructed per segment; no LPIPS term, since no weights ship with the
+  project);
+- `transformer step`: one transformer update, `WorldModelTrainer.update_transformer`, which tokenizes the segments
+  first (no grad) and then runs the transformer forward/backward; the tokenizing alone is timed too;
 - `rollout`: `IVideoGPT.reset` on the context + `horizon` x `step` under random actions; reported as seconds per
   imagined step of the whole batch and milliseconds per imagined frame (= per transition).
 
 Training batches are `--train-batch` segments of `--segment-length` frames (defaults: 16 x 12, the paper's
-world-model batch; for paper64 on a CPU 4 x 12, the batch the official code was timed at in
-shared/reference/ivideogpt/baseline_cpu_timings.json, whose numbers are printed beside ours). Rollouts are
-32 x 10 (the paper's MBPO rollout batch; paper64 on a CPU: 4 x 2, again the official timing's setting).
+world-model batch; for paper64 on a CPU 4 x 12, the batch the official code was timed at). Rollouts are 32 x 10
+(the paper's MBPO rollout batch; paper64 on a CPU: 4 x 2, again the official timing's setting). When a JSON file
+of the official code's CPU timings is found (`reference/ivideogpt/baseline_cpu_timings.json` under the folder
+named by the `IVG_SHARED` environment variable), its numbers at the same settings are printed beside ours.
 
 Each measurement is one untimed warm-up, then the best of `--repeats` timed runs; a preset's measurements share
 a `--max-seconds` budget: repeats are cut to what fits (at least one) and a measurement whose warm-up alone

@@ -4,7 +4,7 @@
         [--task reach] [--image-size 64] [--frames 6000] [--seed 1] [--pretrain-steps 3000] [--threads 1]
         [--pretrained DIR] [--methods drqv2,mbpo]
 
-Not a paper setting: a few hours on a 2-core CPU instead of days on a GPU. The stages, each a subprocess of
+Not a paper setting: sized for a small CPU instead of days on a GPU. The stages, each a subprocess of
 this project's own CLIs (argument lists, no shell):
 
 1. ``collect``: scripted Meta-World episodes (``python -m mbrl.collect``, noise 0.1) of
@@ -21,9 +21,9 @@ this project's own CLIs (argument lists, no shell):
    frame (``val/mse``, ``val/copy_last_mse``), both runs' wall clock and MBPO's time per phase.
 
 Rerunning the script continues it: ``collect`` skips folders that hold episodes, and the training CLIs resume
-from their checkpoints (``resume=auto``). What it showed on the 2-core development machine is in docs/mbpo.md
-("What a CPU run shows"): after 6,000 pre-training steps (about two hours here) the world model still does not
-beat copying the last frame on reach; its tokenizer reconstructs about as well as copy-last does.
+from their checkpoints (``resume=auto``). What it showed on a 2-core CPU is in docs/mbpo.md ("What a CPU run
+shows"): after 6,000 pre-training steps the world model still does not beat copying the last frame on reach;
+its tokenizer reconstructs about as well as copy-last does.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def pretrain(a: argparse.Namespace, root: Path) -> None:
          "preset=cpu", f"steps={a.pretrain_steps}", "batch_size=8", "segment_length=8", "eval_every=500",
          "eval_segments=16", "checkpoint_every=250", "log_every=25", "transformer.lr=5e-4",
          "action_conditioned=false", "reward_head=false", f"num_threads={a.threads * (1 if a.parallel else 2)}",
-         # no attention dropout in either part: CPU attention has no fused dropout (3x slower steps with it)
+         # no attention dropout in either part: CPU attention has no fused dropout (much slower steps with it)
          "attention_dropout=0.0", "tokenizer.dropout=false",
          "progress_bar=false", f"seed={a.seed}", f"out={root / 'pretrain'}"], root / "pretrain.log")
 

@@ -3,19 +3,24 @@
 Pre-trains (from a preset) or fine-tunes (from a checkpoint folder) the iVideoGPT tokenizer and transformer on
 folders of episode `.npz` files (configs/world_model_train.yaml, docs/world_model.md). Every step draws one batch
 of segments; the tokenizer and the transformer each update on it when their cadence is due (separate
-optimizers, `world_model.training.WorldModelTrainer`). Held-out episodes are scored open loop: frames imagined
-under the real actions vs the real ones and vs copying the last context frame.
+optimizers, `world_model.training.WorldModelTrainer`); every "is it due" question (part updates, validation,
+checkpoints, log rows) is a `core.schedule` predicate of the step counter, so a resumed run fires where the
+uninterrupted one would have. Held-out episodes are scored open loop: frames imagined under the real actions
+vs the real ones and vs copying the last context frame.
 
 Run folder (`out=`): `checkpoint/` (the published layout, loadable by `IVideoGPT.from_pretrained`, plus
 `training_state.pt` for resuming), `train.csv`, `eval.csv`, `config.yaml`, `git.txt`, `wandb/`. The CSV and W&B
-x-axis `frame` counts video frames trained on (steps x batch_size x segment_length); `step` is there too.
+x-axis `frame` counts video frames trained on (steps x batch_size x segment_length); `step` is there too. Each
+train row carries the training throughput since the previous row (`throughput/segments_per_s`,
+`throughput/frames_per_s`: world-model samples per second, validation and checkpoints left out); the first
+lines of the output give the global batch and each part's learning-rate schedule.
 """
 from __future__ import annotations
 
 import shutil
 import sys
+import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,180 +33,23 @@ from tqdm import tqdm
 
 from core.batch import SegmentBatch
 from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, should_resume
-from core.config import coerce_ints
-from core.logger import Logger, WandbConfig, resume_checked, save_run_info
-from core.runtime import (
-    Timer,
-    check_malloc,
-    configure_malloc,
-    configure_threads,
-    derive_seed,
-    pick_device,
-    set_seed,
-)
+from core.logger import Logger, resume_checked, save_run_info
+from core.runtime import Timer, configure_malloc, configure_threads, derive_seed, pick_device, set_seed
+from core.schedule import Every
 from world_model.data.dataset import EpisodeDataset
 from world_model.lpips import build_perceptual
 from world_model.model import IVideoGPT
-from world_model.training import OptimConfig, WorldModelTrainer, build_model
+from world_model.train_config import PartConfig, WorldModelTrainConfig, resolve_auto
+from world_model.training import WorldModelTrainer, build_model
 from world_model.transformer import num_parameters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "training_state.pt"
 STATE_VERSION = 1
-PRETRAIN_TOKENIZER_LR, FINETUNE_TOKENIZER_LR = 5e-4, 1e-4  # the official tokenizer scripts
-MAX_WARMUP_STEPS, WARMUP_FRACTION = 5000, 0.05  # the official transformer runs warm up for 5000 steps
 # Independent seed streams (core.runtime.derive_seed).
 _DATA, _EVAL_SEGMENTS, _EVAL_SAMPLING = range(3)
-_AUTO = "auto"
-
-
-@dataclass
-class PartConfig:
-    """When one part (tokenizer or transformer) updates, and its own optimizer settings."""
-
-    every: int = 1
-    start: int = 0
-    lr: float | str = _AUTO
-    # tokenizer only
-    max_target_frames: int = 5
-    freeze_codebooks: bool | str = _AUTO
-    lpips_weights: str | None = None
-    perceptual_weight: float = 1.0
-    dropout: bool = True  # cross-attention dropout 0.1 in the updates (off: eval mode, as MBRL fine-tuning)
-    # transformer only
-    warmup_steps: int | str = _AUTO
-    weight_decay: float = 0.01
-
-    def due(self, step: int) -> bool:
-        """Whether the part updates at (0-based) iteration `step`."""
-        return self.every > 0 and step >= self.start and (step - self.start) % self.every == 0
-
-    def updates_in(self, steps: int) -> int:
-        """Updates during iterations 0 .. steps - 1."""
-        return 0 if self.every == 0 or steps <= self.start else (steps - self.start - 1) // self.every + 1
-
-
-@dataclass
-class WorldModelTrainConfig:
-    """The resolved Hydra config, typed and checked (`from_dict`); `auto` values are resolved by properties."""
-
-    data: str
-    tokenizer: PartConfig
-    transformer: PartConfig
-    wandb: WandbConfig
-    val_data: str | None = None
-    image_key: str = "image"
-    preset: str = "cpu"
-    pretrained: str | None = None
-    action_conditioned: bool | str = _AUTO
-    reward_head: bool | str = _AUTO
-    reward_alignment: str = "clean"
-    attention_dropout: float | None = 0.1
-    tokenizer_overrides: dict[str, Any] = field(default_factory=dict)
-    transformer_overrides: dict[str, Any] = field(default_factory=dict)
-    steps: int = 10_000
-    batch_size: int = 16
-    segment_length: int = 12
-    context_frames: int | None = 2
-    grad_clip: float = 1.0
-    mixed_precision: bool = True
-    eval_every: int = 1000
-    eval_segments: int = 32
-    eval_temperature: float = 1.0
-    eval_top_k: int | None = 100
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    seed: int = 1
-    device: str = "auto"
-    num_threads: int | str = _AUTO
-    malloc: str = "tuned"  # core.runtime.configure_malloc: tuned | system
-    resume: bool | str = _AUTO
-    out: str = "runs/world_model"
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        coerce_ints(self, ("steps", "batch_size", "segment_length", "eval_every", "eval_segments",
-                           "checkpoint_every", "log_every"))
-        for name, part in (("tokenizer", self.tokenizer), ("transformer", self.transformer)):
-            coerce_ints(part, ("every", "start", "max_target_frames"), prefix=f"{name}.")
-            if part.every < 0 or part.start < 0:
-                raise ValueError(f"{name}.every={part.every} and {name}.start={part.start} must be >= 0")
-        for name in ("steps", "eval_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        for name in ("batch_size", "log_every", "eval_segments"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.context_frames is not None and self.segment_length <= self.context_frames:
-            raise ValueError(f"segment_length={self.segment_length} must exceed context_frames="
-                             f"{self.context_frames}: the frames after the context are the prediction targets")
-        check_malloc(self.malloc)
-        for name in ("action_conditioned", "reward_head", "resume"):
-            if getattr(self, name) not in (_AUTO, True, False):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be auto, true or false")
-        if self.tokenizer.freeze_codebooks not in (_AUTO, True, False):
-            raise ValueError(f"tokenizer.freeze_codebooks={self.tokenizer.freeze_codebooks!r} must be auto, true "
-                             "or false")
-        if self.transformer.warmup_steps != _AUTO:
-            coerce_ints(self.transformer, ("warmup_steps",), prefix="transformer.")
-        if self.tokenizer.every == 0 and self.transformer.every == 0:
-            raise ValueError("tokenizer.every=0 and transformer.every=0: nothing would be trained")
-
-    @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> WorldModelTrainConfig:
-        """From the resolved Hydra config (`OmegaConf.to_container(cfg, resolve=True)`)."""
-        cfg = dict(cfg)
-        try:
-            parts = {name: PartConfig(**cfg.pop(name)) for name in ("tokenizer", "transformer")}
-            return cls(**parts, wandb=WandbConfig(**cfg.pop("wandb")), **cfg)
-        except TypeError as err:  # an unknown or missing key
-            raise ValueError(f"bad configuration: {err}") from None
-
-    # ----------------------------------------------------------------------------- derived values
-    @property
-    def fine_tuning(self) -> bool:
-        return self.pretrained is not None
-
-    @property
-    def tokenizer_lr(self) -> float:
-        lr = self.tokenizer.lr
-        if lr == _AUTO:
-            return FINETUNE_TOKENIZER_LR if self.fine_tuning else PRETRAIN_TOKENIZER_LR
-        return float(lr)
-
-    @property
-    def transformer_lr(self) -> float:
-        return 1e-4 if self.transformer.lr == _AUTO else float(self.transformer.lr)
-
-    @property
-    def frozen_codebooks(self) -> bool:
-        freeze = self.tokenizer.freeze_codebooks
-        return self.fine_tuning if freeze == _AUTO else bool(freeze)
-
-    @property
-    def warmup_steps(self) -> int:
-        if self.transformer.warmup_steps != _AUTO:
-            return int(self.transformer.warmup_steps)
-        return min(MAX_WARMUP_STEPS, int(WARMUP_FRACTION * self.transformer.updates_in(self.steps)))
-
-    def optim(self) -> OptimConfig:
-        return OptimConfig(
-            tokenizer_lr=self.tokenizer_lr, transformer_lr=self.transformer_lr,
-            weight_decay=self.transformer.weight_decay, grad_clip=self.grad_clip,
-            warmup_steps=self.warmup_steps, total_steps=max(self.transformer.updates_in(self.steps), 1),
-            max_target_frames=self.tokenizer.max_target_frames, perceptual_weight=self.tokenizer.perceptual_weight,
-            freeze_codebooks=self.frozen_codebooks, tokenizer_dropout=self.tokenizer.dropout,
-            mixed_precision=self.mixed_precision)
-
-
-def _wants(setting: bool | str, available: bool, what: str, key: str, folder: str) -> bool:
-    """Resolve an `auto | true | false` setting against what the data has (one line when it cannot be met)."""
-    if setting == _AUTO:
-        return available
-    if setting and not available:
-        raise ValueError(f"{key}=true but the episodes under {folder} have no {what}; pass {key}=false")
-    return bool(setting)
+__all__ = ["CHECKPOINT_DIR", "STATE_FILE", "PartConfig", "WorldModelRun", "WorldModelTrainConfig", "main"]
 
 
 class WorldModelRun:
@@ -226,9 +74,9 @@ class WorldModelRun:
 
         self.data = EpisodeDataset(cfg.data, cfg.segment_length, cfg.image_key, seed=derive_seed(cfg.seed, _DATA))
         has_rewards = self.data.sample(1, np.random.default_rng(0)).rewards is not None
-        action_dim = self.data.action_dim if _wants(cfg.action_conditioned, self.data.has_actions, "actions",
+        action_dim = self.data.action_dim if resolve_auto(cfg.action_conditioned, self.data.has_actions, "actions",
                                                     "action_conditioned", cfg.data) else None
-        reward_head = _wants(cfg.reward_head, has_rewards, "rewards", "reward_head", cfg.data)
+        reward_head = resolve_auto(cfg.reward_head, has_rewards, "rewards", "reward_head", cfg.data)
         _, height, width = self.data.frame_shape
         if height != width:
             raise ValueError(f"frames under {cfg.data} are {height}x{width}; the tokenizer needs square frames")
@@ -249,7 +97,7 @@ class WorldModelRun:
             ("tokenizer.dropout=false", cfg.tokenizer.every and cfg.tokenizer.dropout)) if on]
         if self.device.type == "cpu" and dropout_on:
             tqdm.write("attention dropout is on: CPU attention has no fused dropout, which makes a training step "
-                       f"2-4x slower here; {' '.join(dropout_on)} turns it off")
+                       f"several times slower; {' '.join(dropout_on)} turns it off")
         perceptual = None
         if cfg.tokenizer.every and cfg.tokenizer.lpips_weights is None:
             tqdm.write("LPIPS term of the tokenizer loss is off: set tokenizer.lpips_weights to a folder with the "
@@ -307,35 +155,42 @@ class WorldModelRun:
     def train(self) -> None:
         """Runs to `steps` iterations, validating and checkpointing on the way and at the end."""
         cfg = self.cfg
-        tqdm.write(self.describe())
+        for line in [self.describe(), *cfg.plan()]:
+            tqdm.write(line)
         bar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps), unit="step", dynamic_ncols=True,
                    disable=None if cfg.progress_bar else True, mininterval=1.0)
+        eval_due, checkpoint_due, log_due = Every(cfg.eval_every), Every(cfg.checkpoint_every), Every(cfg.log_every)
+        parts: list[tuple[str, PartConfig]] = [("tokenizer", cfg.tokenizer), ("transformer", cfg.transformer)]
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
+        window_steps, window_seconds = 0, 0.0  # training iterations and their time since the last row
         last_eval = saved = None
         while self.step < cfg.steps:
-            if cfg.eval_every and self.step % cfg.eval_every == 0:
+            if eval_due(self.step):
                 self.evaluate()
                 last_eval = self.step
+            started = time.perf_counter()
             batch = self.data.sample(cfg.batch_size).to(self.device, non_blocking=True)
             metrics: dict[str, float] = {}
-            if cfg.tokenizer.due(self.step):
-                metrics.update(self.trainer.update_tokenizer(batch))
-            if cfg.transformer.due(self.step):
-                metrics.update(self.trainer.update_transformer(batch))
+            for name, part in parts:
+                if part.due(self.step):
+                    metrics.update(self.trainer.update(name, batch))
+            window_seconds += time.perf_counter() - started
+            window_steps += 1
             for key, value in metrics.items():
                 sums[key] += value
                 counts[key] += 1
             self.step += 1
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if log_due(self.step) or self.step == cfg.steps:
                 row = {key: sums[key] / counts[key] for key in sums}
-                self._log_train(row)
+                self._log_train(row, window_steps, window_seconds)
                 bar.set_postfix({k.split("/")[1]: f"{v:.4g}" for k, v in row.items()
                                  if k in ("tokenizer/recon_l1", "transformer/ce")}, refresh=False)
                 sums.clear()
                 counts.clear()
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                window_steps, window_seconds = 0, 0.0
+            if checkpoint_due(self.step):
                 self.save()
                 saved = self.step
         bar.close()
@@ -345,12 +200,16 @@ class WorldModelRun:
             self.evaluate()
         self.logger.close()
 
-    def _log_train(self, row: dict[str, float]) -> None:
+    def _log_train(self, row: dict[str, float], steps: int, seconds: float) -> None:
+        """A train row: the means of `row`, and the throughput of the `steps` iterations that took `seconds`."""
+        segments_per_s = steps * self.cfg.batch_size / max(seconds, 1e-9)
         self.logger.log("train", {
             "step": self.step,
             "tokenizer_updates": self.trainer.tokenizer_updates,
             "transformer_updates": self.trainer.transformer_updates,
             **row,
+            "throughput/segments_per_s": segments_per_s,
+            "throughput/frames_per_s": segments_per_s * self.cfg.segment_length,
             "total_time": self._elapsed_before + self.timer.total(),
         }, self.frame)
 

@@ -1,9 +1,10 @@
 """World-model training: update functions, open-loop evaluation, the `python -m world_model.train` CLI (outputs,
 resume, fine-tuning the reference checkpoint with frozen codebooks) and a short convergence run.
 
-The data are scripted door_open episodes with action noise, recorded on the fly. The convergence run uses a
-"test" size of the cpu preset (TEST_TOKENIZER / TEST_TRANSFORMER: 16x16 frames, 0.4M + 0.1M parameters) so
-that a few hundred updates fit in well under a minute on one busy core.
+The data are scripted door_open episodes with action noise, recorded on the fly with `mbrl.collect` (the
+convergence check needs real motion); the fine-tuning test writes random episode files directly. The
+convergence run uses a "test" size of the cpu preset (TEST_TOKENIZER / TEST_TRANSFORMER: 16x16 frames, 0.4M + 0.1M parameters) so
+that a few hundred updates stay cheap on one CPU core.
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ from safetensors.torch import load_file
 
 from core.batch import SegmentBatch
 from mbrl.collect import CollectConfig, collect
+from world_model import parts
 from world_model.data.dataset import EpisodeDataset
 from world_model.model import IVideoGPT
 from world_model.train import STATE_FILE, WorldModelRun, WorldModelTrainConfig
+from world_model.train_config import PartConfig
 from world_model.training import (
     OptimConfig,
     WorldModelTrainer,
@@ -37,7 +40,6 @@ from world_model.training import (
     evaluate_open_loop,
     psnr,
     tokenizer_optimizer,
-    tokenizer_update,
     transformer_optimizer,
 )
 
@@ -62,6 +64,18 @@ def episodes(tmp_path_factory) -> Path:
     collect(CollectConfig(out=str(root / "train"), episodes=8, seed=0, **EPISODE))
     collect(CollectConfig(out=str(root / "val"), episodes=3, seed=100, **EPISODE))
     return root
+
+
+def write_random_episodes(folder: Path, episodes: int, length: int, size: int, action_dim: int = 4) -> None:
+    """Episode files in the recorded layout (frames uint8 (T, H, W, 3), actions (T, A), rewards (T,)) with
+    random contents."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for index in range(episodes):
+        np.savez_compressed(folder / f"episode_{index}.npz",
+                            image=rng.integers(0, 256, (length, size, size, 3), dtype=np.uint8),
+                            action=rng.uniform(-1, 1, (length, action_dim)).astype(np.float32),
+                            reward=rng.uniform(0, 1, length).astype(np.float32))
 
 
 def small_model(**kwargs) -> IVideoGPT:
@@ -119,10 +133,12 @@ def test_tokenizer_dropout_is_a_switch_of_the_update():
     def update(dropout: bool) -> tuple[torch.Tensor, bool]:
         torch.manual_seed(0)
         model = small_model()
-        optimizer = tokenizer_optimizer(model, 1e-3)
+        part = parts.tokenizer_part(model, 1e-3, dropout=dropout)
         state = torch.get_rng_state()
-        tokenizer_update(model, optimizer, batch, dropout=dropout, mixed_precision=False)
+        metrics = parts.update(part, batch, torch.device("cpu"), mixed_precision=False)
         assert not model.tokenizer.training  # the mode is restored
+        assert part.updates == 1 and {"tokenizer/loss", "tokenizer/recon_l1", "tokenizer/grad_norm",
+                                      "tokenizer/lr"} <= set(metrics)
         weight = next(model.tokenizer.parameters()).detach().clone()
         return weight, torch.equal(state, torch.get_rng_state())
 
@@ -131,27 +147,57 @@ def test_tokenizer_dropout_is_a_switch_of_the_update():
     assert torch.equal(off, off_again) and not torch.equal(off, on)
 
 
+def test_one_update_trains_each_part_with_its_own_optimizer_and_schedule():
+    """The generic update steps only the named part's parameters, steps its schedule after the step (the
+    metrics carry the rate the step used) and counts it; the batch may live on any device."""
+    torch.manual_seed(0)
+    model = small_model(action_dim=4, reward_head=True)
+    trainer = WorldModelTrainer(model, OptimConfig(warmup_steps=2, total_steps=4, mixed_precision=False))
+    size = EPISODE["image_size"]
+    batch = SegmentBatch(torch.randint(0, 256, (2, 4, 3, size, size), dtype=torch.uint8),
+                         torch.rand(2, 4, 4) * 2 - 1, torch.rand(2, 4))
+    tokenizer_before = [p.detach().clone() for p in model.tokenizer.parameters()]
+    transformer_before = [p.detach().clone() for p in model.transformer.parameters()]
+    first = trainer.update_transformer(batch)
+    second = trainer.update("transformer", batch)
+    assert {"transformer/loss", "transformer/ce", "transformer/reward", "transformer/grad_norm",
+            "transformer/lr"} <= set(first)
+    assert (first["transformer/lr"], second["transformer/lr"]) == pytest.approx((0.5e-4, 1e-4))
+    assert all(torch.equal(a, b) for a, b in zip(tokenizer_before, model.tokenizer.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(transformer_before, model.transformer.parameters()))
+    assert (trainer.tokenizer_updates, trainer.transformer_updates) == (0, 2)
+    assert model.transformer.training is False  # the mode of the loss is restored
+    tokenizer = trainer.update_tokenizer(batch)
+    assert {"tokenizer/loss", "tokenizer/recon_l1", "tokenizer/commit", "tokenizer/lr"} <= set(tokenizer)
+    assert tokenizer["tokenizer/lr"] == 1e-4 and trainer.tokenizer_updates == 1
+
+
 def test_a_resumed_trainer_takes_its_learning_rates_from_its_config():
     model = small_model()
     cfg = OptimConfig(tokenizer_lr=5e-4, transformer_lr=5e-4, warmup_steps=2, total_steps=10)
     trainer = WorldModelTrainer(model, cfg)
+    transformer = trainer.parts["transformer"]
     for _ in range(4):
-        trainer.transformer_optimizer.step()  # no gradients: only the schedule moves
-        trainer.transformer_scheduler.step()
+        transformer.optimizer.step()  # no gradients: only the schedule moves
+        transformer.schedule.step()
     state = trainer.state_dict()
+    # the keys existing checkpoints hold
+    assert set(state) == {"tokenizer_optimizer", "transformer_optimizer", "transformer_scheduler",
+                          "tokenizer_updates", "transformer_updates"}
     same = WorldModelTrainer(model, cfg)
     same.load_state_dict(state)
-    assert [g["lr"] for g in same.transformer_optimizer.param_groups] == \
-        [g["lr"] for g in trainer.transformer_optimizer.param_groups]  # an unchanged config resumes exactly
+    assert [g["lr"] for g in same.parts["transformer"].optimizer.param_groups] == \
+        [g["lr"] for g in transformer.optimizer.param_groups]  # an unchanged config resumes exactly
     lower = WorldModelTrainer(model, replace(cfg, tokenizer_lr=1e-4, transformer_lr=1e-4))
     lower.load_state_dict(state)
-    assert {g["lr"] for g in lower.tokenizer_optimizer.param_groups} == {1e-4}
-    factor = trainer.transformer_optimizer.param_groups[0]["lr"] / 5e-4
-    assert lower.transformer_optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * factor)
-    lower.transformer_optimizer.step()
-    lower.transformer_scheduler.step()  # and the schedule continues from the new peak
-    assert lower.transformer_optimizer.param_groups[0]["lr"] == pytest.approx(
-        1e-4 * trainer.transformer_scheduler.lr_lambdas[0](5))
+    assert {g["lr"] for g in lower.parts["tokenizer"].optimizer.param_groups} == {1e-4}
+    factor = transformer.optimizer.param_groups[0]["lr"] / 5e-4
+    lower_transformer = lower.parts["transformer"]
+    assert lower_transformer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * factor)
+    lower_transformer.optimizer.step()
+    lower_transformer.schedule.step()  # and the schedule continues from the new peak
+    assert lower_transformer.optimizer.param_groups[0]["lr"] == pytest.approx(
+        1e-4 * transformer.schedule.lr_lambdas[0](5))
 
 
 def test_autocast_is_off_on_cpu():
@@ -205,6 +251,11 @@ def test_part_cadence_and_config_errors(episodes):
     cfg = compose_config(f"data={episodes / 'train'}", "steps=10", "transformer.start=4", "transformer.every=3")
     assert [s for s in range(10) if cfg.transformer.due(s)] == [4, 7]
     assert cfg.transformer.updates_in(10) == 2 and cfg.tokenizer.updates_in(10) == 10
+    for every, start in itertools.product(range(4), range(4)):  # the cadence is the modulo rule; every=0: never
+        part = PartConfig(every=every, start=start)
+        due = [s for s in range(12) if every > 0 and s >= start and (s - start) % every == 0]
+        assert [s for s in range(12) if part.due(s)] == due
+        assert [part.updates_in(n) for n in range(12)] == [sum(s < n for s in due) for n in range(12)]
     assert cfg.tokenizer_lr == 5e-4 and not cfg.frozen_codebooks  # from scratch: the pre-training settings
     tuned = compose_config(f"data={episodes / 'train'}", "pretrained=/some/checkpoint")
     assert tuned.tokenizer_lr == 1e-4 and tuned.frozen_codebooks
@@ -267,6 +318,11 @@ def test_cli_end_to_end_writes_a_loadable_checkpoint_and_logs(episodes, tmp_path
     assert [int(r["step"]) for r in train] == [2, 4]
     assert [int(r["frame"]) for r in train] == [2 * 2 * SEGMENT, 4 * 2 * SEGMENT]
     assert {"tokenizer/recon_l1", "transformer/ce", "transformer/reward", "transformer/lr"} <= set(train[0])
+    for row in train:  # throughput: world-model samples per second over the row's steps
+        segments, frames = float(row["throughput/segments_per_s"]), float(row["throughput/frames_per_s"])
+        assert segments > 0 and frames == pytest.approx(segments * SEGMENT)
+    assert f"global batch: 2 segments x {SEGMENT} frames = {2 * SEGMENT} frames per step" in result.stdout
+    assert "transformer: 4 updates (every 1 steps from step 0), lr 0.0001 peak" in result.stdout
     evals = read_csv(out / "eval.csv")
     assert [int(r["step"]) for r in evals] == [0, 2, 4]
     assert {"eval/mse", "eval/copy_last_mse", "eval/psnr", "eval/reward_mse", "eval/ce"} <= set(evals[0])
@@ -325,13 +381,13 @@ def test_resume_with_a_config_that_builds_another_model_names_the_changed_settin
 @pytest.mark.slow
 def test_fine_tuning_the_reference_checkpoint_keeps_codebooks_frozen(tiny_checkpoint, tmp_path):
     data = tmp_path / "episodes64"
-    collect(CollectConfig(out=str(data), task="door_open", episodes=2, episode_length=7, seed=3))
+    write_random_episodes(data, episodes=2, length=8, size=64)
     out = tmp_path / "finetune"
     cfg = compose_config(f"data={data}", f"pretrained={tiny_checkpoint}", f"out={out}", "steps=2", "batch_size=2",
                          "segment_length=6", "eval_every=0", "checkpoint_every=0", "num_threads=1",
                          "wandb.mode=disabled", "progress_bar=false", "tokenizer.max_target_frames=2")
     run = WorldModelRun(cfg, out)
-    assert run.trainer.tokenizer_optimizer.param_groups[0]["lr"] == 1e-4
+    assert run.trainer.parts["tokenizer"].optimizer.param_groups[0]["lr"] == 1e-4
     run.train()
 
     original, tuned = (load_file(p / "tokenizer" / "diffusion_pytorch_model.safetensors")

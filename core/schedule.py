@@ -37,9 +37,11 @@ class Every:
                 f"a period of {frames} frames is shorter than one agent step ({action_repeat} frames)"
             )
         self.steps = frames // action_repeat if frames else None
+        # the cadence counted in agent steps, looked at one step at a time
+        self._cadence = None if self.steps is None else Cadence("every", start=0, every=self.steps)
 
     def __call__(self, step: int) -> bool:
-        return self.steps is not None and step % self.steps == 0
+        return self._cadence is not None and self._cadence.runs(step, 1) > 0
 
 
 class Ratio:

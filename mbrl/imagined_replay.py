@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,6 +26,22 @@ from core.batch import TransitionBatch
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 """Frame stacks uint8 `(B, S*3, H, W)` on the device -> actions `(B, A)` in [-1, 1]."""
+
+
+class RolloutModel(Protocol):
+    """What `imagine` uses of a world model (`world_model.IVideoGPT` is one)."""
+
+    @property
+    def context_frames(self) -> int:
+        """T0: the real frames each rollout starts from."""
+
+    def reset(self, context_frames: torch.Tensor, goal: torch.Tensor | None = None, horizon: int | None = None,
+              temperature: float = 1.0, top_k: int | None = 100, generator: torch.Generator | None = None) -> None:
+        """Starts rollouts from context frames `(B, T0, 3, H, W)` in [0, 1]."""
+
+    def step(self, actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Actions `(B, A)` -> the next frames `(B, 3, H, W)` in [0, 1] and rewards `(B,)` (None without a
+        reward head)."""
 
 
 def to_uint8(frames: torch.Tensor) -> torch.Tensor:
@@ -67,15 +83,13 @@ class Rollouts:
 
 
 @torch.no_grad()
-def imagine(world_model: Any, policy: Policy, history: torch.Tensor, horizon: int, frame_stack: int,
+def imagine(world_model: RolloutModel, policy: Policy, history: torch.Tensor, horizon: int, frame_stack: int,
             temperature: float = 1.0, top_k: int | None = 100,
             generator: torch.Generator | None = None) -> Rollouts:
     """Roll the world model out under the policy from real frames.
 
     Args:
-        world_model: an object with `context_frames` (T0), `reset(context, horizon=, temperature=, top_k=,
-            generator=)` and `step(actions) -> (frames (B, 3, H, W) in [0, 1], rewards (B,))`
-            (`world_model.IVideoGPT`).
+        world_model: the model rolled out (`world_model.IVideoGPT`, or any `RolloutModel`).
         policy: frame stacks uint8 `(B, S*3, H, W)` -> actions `(B, A)`.
         history: real frames uint8 `(B, L, 3, H, W)` on the model's device, L >= T0; the last T0 are the
             model's context, all L feed the policy's first stacks.

@@ -26,8 +26,6 @@ overwritten are rejected. All randomness comes from one `numpy.random.Generator`
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -322,27 +320,3 @@ class ReplayBuffer:
         self._num_first_frames = int(np.count_nonzero(self._episode_start[index % self.capacity] == index))
         self._open_episode = bool(state["open_episode"])
         self.rng.bit_generator.state = state["rng"]
-
-    # ---------------------------------------------------------------------------------------- demos
-    def load_demos(self, folder: str | Path, image_key: str = "image") -> int:
-        """Add every episode `.npz` of `folder` (the `mbrl.collect` layout) and return how many.
-
-        Each file holds `image` uint8 `(T+1, H, W, 3)`, `action` `(T+1, A)`, `reward` and optionally
-        `success` `(T+1,)`, where row t is the step taken at frame t and the last row is padding.
-        """
-        files = sorted(Path(folder).glob("*.npz"))
-        if not files:
-            raise ValueError(
-                f"no .npz episodes in {folder}; record some with `python -m mbrl.collect`"
-            )
-        for file in files:
-            with np.load(file) as episode:
-                missing = {image_key, "action", "reward"} - set(episode.files)
-                if missing:
-                    raise ValueError(
-                        f"{file} lacks {sorted(missing)}: demos need frames, actions and rewards"
-                    )
-                frames = episode[image_key].transpose(0, 3, 1, 2)
-                successes = episode["success"][:-1] if "success" in episode.files else None
-                self.add_episode(frames, episode["action"][:-1], episode["reward"][:-1], successes)
-        return len(files)

@@ -6,11 +6,11 @@ pieces in a fixed order every agent step:
     start an episode if none is running -> evaluate if due -> act -> world-model hook -> agent updates
     -> env step into the replay -> at an episode end: log it, checkpoint if due
 
-Every schedule is in env frames. A world model plugs in through `WorldModelHooks` (`on_frame` for its own
-frame-scheduled work, `agent_batch` to mix imagined data into the agent's batches); `world_model=none` uses
-`NoWorldModel`, which samples real replay only, `world_model=ivideogpt` is MBPO (`mbrl.mbpo.MBPO`).
-Wall-clock seconds per phase (env, agent updates, evaluation and the world model's phases) are logged as
-`time/<phase>` (cumulative over the run, resumes included).
+Budgets and periods are configured in env frames. A world model plugs in through `mbrl.loop.WorldModelHooks`
+(`on_step` for its own scheduled work, `agent_batch` to mix imagined data into the agent's batches);
+`world_model=none` uses `NoWorldModel`, which samples real replay only, `world_model=ivideogpt` is MBPO
+(`mbrl.mbpo.MBPO`). Wall-clock seconds per phase (env, agent updates, evaluation and the world model's
+phases) are logged as `time/<phase>` (cumulative over the run, resumes included).
 
 Resume: checkpoints are written at episode ends, so a resumed run starts a fresh episode exactly where the
 uninterrupted run would have, and, since every episode's reset seed is derived from the counters, continues
@@ -19,162 +19,38 @@ with the same counters, replay, RNG streams and next batch.
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.drqv2 import DrQV2Agent, DrQV2Config
-from core.batch import TransitionBatch
+from agents.drqv2 import DrQV2Agent
 from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, should_resume
-from core.logger import Logger, WandbConfig, resume_checked
+from core.logger import Logger, config_changes, resume_checked, resume_error
 from core.precision import dtype_name
 from core.runtime import Timer, configure_malloc, configure_threads, derive_seed, pick_device, set_seed
-from core.schedule import Every, Ratio, Until
+from core.schedule import Every, Ratio, Until, crossed
 from core.video import VideoRecorder
 from mbrl.demos import demo_episodes, demos_added
-from mbrl.envs import EnvConfig, make_env
+from mbrl.envs import make_env
 from mbrl.evaluation import run_eval_episodes
+from mbrl.loop import NoWorldModel, PhaseTimer, WorldModelHooks
 from mbrl.replay import ReplayBuffer
-from mbrl.run_settings import RunSettings
+from mbrl.train_config import TrainConfig
 
-if TYPE_CHECKING:  # the world-model stack is imported only by runs that use it (mbrl.mbpo)
-    from mbrl.mbpo import MBPOConfig
+__all__ = ["CHECKPOINT_VERSION", "TrainConfig", "Trainer"]
 
 CHECKPOINT_VERSION = 1
 # Independent seed streams, combined with the run seed and a counter (see core.runtime.derive_seed).
 # Evaluation uses mbrl.evaluation.EVAL_SEED_STREAM (1), shared with every agent.
 # Demonstrations use mbrl.demos.DEMO_SEED_STREAM (2).
 _TRAIN_EPISODE, _REPLAY = 0, 3
-_WORLD_MODELS = ("none", "ivideogpt")
-
-
-@dataclass(kw_only=True)
-class TrainConfig(RunSettings):
-    """Everything a DrQ-v2 / MBPO run needs, typed and checked (built from the Hydra config by `from_dict`)."""
-
-    agent: DrQV2Config
-    agent_name: str = "drqv2"
-    world_model: str = "none"
-    mbpo: MBPOConfig | None = None  # the world_model settings when world_model=ivideogpt
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.env.episode_length <= self.agent.nstep:
-            raise ValueError(
-                f"env.episode_length={self.env.episode_length} must exceed agent.nstep="
-                f"{self.agent.nstep}: n-step returns need that many steps inside an episode"
-            )
-        if self.replay_capacity <= self.env.episode_length:
-            raise ValueError(
-                f"replay_capacity={self.replay_capacity} must exceed env.episode_length="
-                f"{self.env.episode_length}"
-            )
-        if self.agent_name != "drqv2":
-            raise ValueError(
-                f"agent={self.agent_name!r} is not trained by this loop; use agent=drqv2 (or agent=dreamerv3)"
-            )
-        if self.world_model not in _WORLD_MODELS:
-            raise ValueError(f"world_model={self.world_model!r} is not one of {', '.join(_WORLD_MODELS)}")
-        if self.world_model == "ivideogpt" and self.mbpo is None:
-            from mbrl.mbpo import MBPOConfig
-
-            self.mbpo = MBPOConfig()
-
-    @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> TrainConfig:
-        """From the resolved Hydra config (`OmegaConf.to_container(cfg, resolve=True)`)."""
-        cfg = dict(cfg)
-        agent = dict(cfg.pop("agent"))
-        logging = dict(cfg.pop("logging"))
-        wandb = logging.pop("wandb")
-        cfg.pop("runs_dir", None)
-        world_model = dict(cfg.pop("world_model"))
-        name = world_model.pop("name")
-        if name == "ivideogpt":
-            from mbrl.mbpo import MBPOConfig
-        try:
-            return cls(
-                env=EnvConfig(task=cfg["task"], seed=cfg.get("seed", 1), **cfg.pop("env")),
-                agent_name=agent.pop("name"),
-                agent=DrQV2Config(**agent),
-                world_model=name,
-                mbpo=MBPOConfig.from_dict(world_model) if name == "ivideogpt" else None,
-                wandb=WandbConfig(**wandb),
-                **logging,
-                **cfg,
-            )
-        except TypeError as err:  # an unknown or missing key
-            raise ValueError(f"bad configuration: {err}") from None
-
-
-class WorldModelHooks(Protocol):
-    """What a world model adds to the loop. `world_model=none` is `NoWorldModel`."""
-
-    def on_frame(self, frame: int) -> dict[str, float]:
-        """Called once per agent step, after acting, with the env frame count: the world model runs its own
-        frame-scheduled work here (training, imagination) and returns metrics to log."""
-
-    def agent_batch(self, batch_size: int) -> TransitionBatch:
-        """The batch for one agent update (real replay, imagined data, or a mix)."""
-
-    def status(self) -> dict[str, float]:
-        """Cumulative counters logged as they are in every train row (names carry their section)."""
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class NoWorldModel:
-    """Model-free training: every agent batch comes from the real replay."""
-
-    def __init__(self, replay: ReplayBuffer) -> None:
-        self.replay = replay
-
-    def on_frame(self, frame: int) -> dict[str, float]:
-        return {}
-
-    def agent_batch(self, batch_size: int) -> TransitionBatch:
-        return self.replay.sample(batch_size)
-
-    def status(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-class PhaseTimer:
-    """Cumulative wall-clock seconds per phase of the loop; `with timer.phase("env"): ...`."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def totals(self) -> dict[str, float]:
-        return {f"time/{name}": seconds for name, seconds in sorted(self.seconds.items())}
 
 
 class Trainer:
-    """Builds envs, agent, replay and logger from a `TrainConfig`, then runs (or resumes) training."""
+    """Builds envs, agent, replay, logger and world model from a `TrainConfig`, then runs (or resumes) training."""
 
     def __init__(
         self, cfg: TrainConfig, run_dir: str | Path, config_record: dict[str, Any] | None = None
@@ -202,18 +78,6 @@ class Trainer:
             cfg.agent.discount,
             seed=derive_seed(cfg.seed, _REPLAY),
         )
-        self.phases = PhaseTimer()
-        self.world_model: WorldModelHooks = NoWorldModel(self.replay)
-        if cfg.mbpo is not None:
-            from mbrl.mbpo import MBPO
-
-            self.world_model = MBPO(
-                cfg.mbpo, self.agent, self.replay, frame_stack=cfg.env.frame_stack,
-                action_repeat=self.action_repeat, episode_length=cfg.env.episode_length, nstep=cfg.agent.nstep,
-                discount=cfg.agent.discount, seed=cfg.seed, device=self.device, run_dir=self.run_dir,
-                timer=self.phases.phase, log_video=lambda *args: self.logger.log_video(*args),
-                video_format=cfg.video_format if cfg.save_video else None,
-            )
         self.video = VideoRecorder(self.run_dir / "videos", cfg.video_format, enabled=cfg.save_video)
 
         self.step = 0  # agent steps taken in the train env
@@ -222,16 +86,39 @@ class Trainer:
         self._elapsed_before = 0.0  # wall-clock seconds of earlier launches of this run
         self._metrics: list[dict[str, float]] = []  # update metrics of the running episode
         self._episode_seconds = 0.0  # wall clock of the running episode's steps, evaluations excluded
-        if resume:
-            resume_checked(self.run_dir, config_record or {}, self.load)
-        self.timer = Timer()
+        record = config_record or {}
+        checkpoint = self._read_checkpoint(record) if resume else None
         self.logger = Logger(
             self.run_dir,
             cfg.wandb,
             config_record,
             console=cfg.console,
-            resume_frame=self.frame if resume else None,
+            resume_frame=None if checkpoint is None else checkpoint["counters"]["step"] * self.action_repeat,
         )
+        self.phases = PhaseTimer()
+        try:
+            self.world_model = self._world_model()
+            if checkpoint is not None:
+                self._restore(checkpoint, record)
+        except BaseException:
+            self.logger.close()
+            raise
+        self.timer = Timer()
+
+    def _world_model(self) -> WorldModelHooks:
+        """`NoWorldModel`, or MBPO when `world_model=ivideogpt` (its stack is imported only then)."""
+        if self.cfg.mbpo is None:
+            return NoWorldModel(self.replay)
+        from mbrl.mbpo import MBPO, LoopSettings
+
+        cfg = self.cfg
+        loop = LoopSettings(
+            frame_stack=cfg.env.frame_stack, action_repeat=self.action_repeat,
+            episode_length=cfg.env.episode_length, nstep=cfg.agent.nstep, discount=cfg.agent.discount,
+            seed=cfg.seed, device=self.device, run_dir=self.run_dir,
+        )
+        return MBPO(cfg.mbpo, self.agent, self.replay, loop, timer=self.phases, videos=self.logger,
+                    video_format=cfg.video_format if cfg.save_video else None)
 
     @property
     def frame(self) -> int:
@@ -274,7 +161,7 @@ class Trainer:
                     self.evaluate()
                 last_eval = self.step
             action = self.agent.act(obs, self.step, eval_mode=False)
-            world_model_metrics = self.world_model.on_frame(self.frame)
+            world_model_metrics = self.world_model.on_step(self.step)
             if world_model_metrics:
                 self._metrics.append(world_model_metrics)
             if self.step >= learning_starts:
@@ -339,8 +226,7 @@ class Trainer:
         self.logger.log("train", row, self.frame)
 
     def _checkpoint_due(self) -> bool:
-        every = self.cfg.checkpoint_every_frames
-        return every > 0 and self.frame // every > self._checkpointed_frame // every
+        return crossed(self._checkpointed_frame, self.frame, self.cfg.checkpoint_every_frames)
 
     def evaluate(self) -> None:
         """Runs `num_eval_episodes` deterministic episodes; logs `eval/*` and a video of the first one."""
@@ -384,22 +270,34 @@ class Trainer:
         )
         self._checkpointed_frame = self.frame
 
-    def load(self) -> None:
+    def _read_checkpoint(self, record: dict[str, Any]) -> dict[str, Any]:
+        """`checkpoints/latest.pt` of the run being resumed, its version checked (one-line errors)."""
+        state: dict[str, Any] = {}
+
+        def read() -> None:
+            state.update(load_checkpoint(self.checkpoint_path, map_location=self.device))
+            if state.get("version") != CHECKPOINT_VERSION:
+                raise ValueError(
+                    f"{self.checkpoint_path} has checkpoint version {state.get('version')}, "
+                    f"this code reads version {CHECKPOINT_VERSION}"
+                )
+
+        resume_checked(self.run_dir, record, read)
+        return state
+
+    def _restore(self, state: dict[str, Any], record: dict[str, Any]) -> None:
         """Restores `save()` output; the next episode starts fresh at the saved counters."""
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(
-                f"{self.checkpoint_path} has checkpoint version {state.get('version')}, "
-                f"this code reads version {CHECKPOINT_VERSION}"
-            )
-        self.agent.load_state_dict(state["agent"])
-        self.replay.load_state_dict(state["replay"])
-        self.world_model.load_state_dict(state["world_model"])
-        self.phases.seconds = dict(state.get("phase_seconds", {}))
-        set_rng_state(state["rng"])
-        self.step, self.episode = state["counters"]["step"], state["counters"]["episode"]
+        try:
+            self.agent.load_state_dict(state["agent"])
+            self.replay.load_state_dict(state["replay"])
+            self.world_model.load_state_dict(state["world_model"])
+            self.phases.seconds = dict(state.get("phase_seconds", {}))
+            set_rng_state(state["rng"])
+            self.step, self.episode = state["counters"]["step"], state["counters"]["episode"]
+            self._elapsed_before = float(state["elapsed"])
+        except (ValueError, RuntimeError, KeyError) as err:  # a model built differently, say
+            raise resume_error(self.run_dir, err, config_changes(self.run_dir, record)) from err
         self._checkpointed_frame = self.frame
-        self._elapsed_before = float(state["elapsed"])
         tqdm.write(f"resumed from {self.checkpoint_path} at frame {self.frame} (episode {self.episode})")
 
     def close(self) -> None:

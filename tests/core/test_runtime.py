@@ -1,4 +1,4 @@
-"""Frame<->step schedules, update ratios, derived seeds, device and allocator choice."""
+"""Derived seeds, device and allocator choice."""
 
 from __future__ import annotations
 
@@ -11,31 +11,6 @@ import pytest
 import torch
 
 from core.runtime import configure_malloc, derive_seed, pick_device
-from core.schedule import Every, Ratio, Until
-
-
-def test_until_counts_agent_steps_of_a_frame_budget():
-    until = Until(frames=201, action_repeat=2)  # 100 whole agent steps fit
-    assert until(99) and not until(100)
-    assert Until(None)(10**9)
-
-
-def test_every_fires_on_frame_multiples():
-    every = Every(frames=10, action_repeat=2)
-    assert [s for s in range(16) if every(s)] == [0, 5, 10, 15]
-    assert not any(Every(0, 2)(s) for s in range(10))
-    with pytest.raises(ValueError, match="shorter than one agent step"):
-        Every(1, action_repeat=2)
-
-
-@pytest.mark.parametrize(
-    "ratio,steps,expected", [(2, 10, 20), (0.5, 10, 5), (0.25, 8, 2), (1, 7, 7), (0, 5, 0)]
-)
-def test_ratio_spreads_updates_over_steps(ratio, steps, expected):
-    due = Ratio(ratio)
-    counts = [due(s) for s in range(steps)]
-    assert sum(counts) == expected
-    assert max(counts) - min(counts) <= max(1, int(ratio))
 
 
 def test_derived_seeds_are_stable_and_distinct():

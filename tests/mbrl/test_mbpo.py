@@ -1,4 +1,5 @@
-"""MBPO: the schedule's firing frames, the config checks, the agent-batch mix and the resumable state."""
+"""MBPO: the schedule's firing frames, building the world model, the config checks, the agent-batch mix and
+the resumable state."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +8,19 @@ import torch
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
 from core.schedule import Cadence
-from mbrl.mbpo import MBPO, MBPOConfig, ScheduleConfig, build_schedule, build_world_model, draw_text
+from mbrl.mbpo import (
+    MBPO,
+    LoopSettings,
+    MBPOConfig,
+    ScheduleConfig,
+    build_schedule,
+    describe,
+    draw_text,
+    model_arguments,
+)
 from mbrl.replay import ReplayBuffer
 from world_model.imagination import ImaginationConfig
+from world_model.training import build_model
 
 REPEAT = 2
 
@@ -20,22 +31,7 @@ def firing_frames(cadence: Cadence, last_frame: int, span: int = REPEAT) -> dict
     return {frame: n for frame, n in runs.items() if n}
 
 
-def test_cadence_fires_at_start_then_every_period():
-    cadence = Cadence("x", start=40, every=20, times=2, first_times=5)
-    assert firing_frames(cadence, 120) == {40: 5, 60: 2, 80: 2, 100: 2, 120: 2}
-    assert firing_frames(Cadence("once", start=10, every=0, times=3), 100) == {10: 3}
-    assert cadence.total_runs(120) == sum(firing_frames(cadence, 120).values())
-    assert cadence.total_runs(39) == 0
-
-
-def test_cadence_counts_every_firing_when_periods_do_not_align_with_agent_steps():
-    cadence = Cadence("odd", start=3, every=3)  # firings at 3, 6, 9, ... seen through windows of 2 frames
-    fired = firing_frames(cadence, 300)
-    assert sum(fired.values()) == len(range(3, 301, 3)) and max(fired.values()) == 1
-    assert set(fired) == {f + f % 2 for f in range(3, 301, 3) if f + f % 2 <= 300}  # the step at or after it
-
-
-def test_paper_schedule_fires_at_the_frames_of_design_section_6():
+def test_paper_schedule_fires_at_the_papers_frames():
     schedule = build_schedule(ScheduleConfig(), action_repeat=REPEAT, num_expl_steps=2000, episode_length=100)
     fired = {name: firing_frames(c, 6000) for name, c in schedule.cadences.items()}
     assert fired["init_train"] == {4000: 1000}  # once the 4,000 seed frames are in
@@ -84,9 +80,21 @@ def test_the_engine_knobs_reach_the_world_model(tmp_path, tiny_checkpoint):
     assert mbpo.model.imaginer.config == ImaginationConfig(compile=False, prefill_precision="bfloat16")
     assert MBPOConfig.from_dict({}).imagination == ImaginationConfig()
     engine = ImaginationConfig(cuda_graphs=False, decoder_precision="float32")
-    tuned, _ = build_world_model(MBPOConfig(pretrained=str(tiny_checkpoint), imagination=engine), 4,
-                                 torch.device("cpu"))
+    arguments, origin = model_arguments(MBPOConfig(pretrained=str(tiny_checkpoint), imagination=engine), 4,
+                                        torch.device("cpu"))
+    tuned = build_model(**arguments)
     assert tuned.imaginer.config == engine
+    assert origin == f"fine-tuned from {tiny_checkpoint}" and describe(tuned, origin, 4).endswith("M parameters")
+    with pytest.raises(ValueError, match="takes 4-d actions but the env has 3"):
+        describe(tuned, origin, 3)
+
+
+def test_the_preset_follows_the_device_unless_named():
+    arguments, origin = model_arguments(MBPOConfig(), 4, torch.device("cpu"), image_size=32)
+    assert arguments["preset"] == "cpu" and arguments["image_size"] == 32 and arguments["reward_head"]
+    assert origin.startswith("preset cpu (auto: no CUDA device") and "32x32 frames" in origin
+    assert model_arguments(MBPOConfig(), 4, torch.device("cuda"))[0]["preset"] == "paper64"
+    assert model_arguments(MBPOConfig(preset="tiny"), 4, torch.device("cuda"))[0]["preset"] == "tiny"
 
 
 def test_codebooks_are_frozen_when_fine_tuning(tiny_checkpoint):
@@ -123,22 +131,26 @@ def tiny_mbpo(replay: ReplayBuffer, tmp_path, agent: DrQV2Agent | None = None, *
                      "rollout_every_frames": 4, "validate_every_episodes": 0},
         "rollout": {"batch_size": 2, "horizon": 3}, **overrides,
     })
-    return MBPO(cfg, agent, replay, frame_stack=3, action_repeat=REPEAT, episode_length=EPISODE, nstep=3,
-                discount=0.99, seed=1, device=torch.device("cpu"), run_dir=tmp_path, video_format=None)
+    loop = LoopSettings(frame_stack=3, action_repeat=REPEAT, episode_length=EPISODE, nstep=3, discount=0.99, seed=1,
+                        device=torch.device("cpu"), run_dir=tmp_path)
+    return MBPO(cfg, agent, replay, loop, video_format=None)
 
 
 def test_agent_batches_are_real_until_imagination_then_split_exactly(tmp_path):
     replay = filled_replay()
     mbpo = tiny_mbpo(replay, tmp_path, real_ratio=0.25)
-    metrics = mbpo.on_frame(0)  # initial training (1 update of each part)
+    metrics = mbpo.on_step(0)  # initial training (1 update of each part)
     assert mbpo.status()["wm/init_updates"] == 1 and "wm/transformer/ce" in metrics
+    assert metrics["wm/segments_per_s"] > 0 and "imagination/transitions_per_s" not in metrics
     state = replay.rng.bit_generator.state
     batch = mbpo.agent_batch(8)
     replay.rng.bit_generator.state = state
     assert torch.equal(batch.obs, replay.sample(8).obs)  # all real before any rollout
 
-    metrics = mbpo.on_frame(4)  # first imagination: 1 batch of 2 rollouts of 3 steps
+    metrics = mbpo.on_step(2)  # agent step 2 = frame 4, the first imagination: 1 batch of 2 rollouts of 3 steps
     assert "imagination/reward_mean" in metrics and len(mbpo.imagined) == 6
+    assert metrics["imagination/transitions_per_s"] > 0 and "wm/segments_per_s" not in metrics
+    assert mbpo.on_step(3) == {}  # frame 6: nothing due
     state = replay.rng.bit_generator.state
     batch = mbpo.agent_batch(8)
     replay.rng.bit_generator.state = state
@@ -156,8 +168,8 @@ def test_agent_batches_are_real_until_imagination_then_split_exactly(tmp_path):
 def test_state_dict_restores_model_optimizers_imagined_replay_and_generators(tmp_path):
     replay = filled_replay()
     mbpo = tiny_mbpo(replay, tmp_path)
-    mbpo.on_frame(0)
-    mbpo.on_frame(4)
+    mbpo.on_step(0)
+    mbpo.on_step(2)
     state = mbpo.state_dict()
     other = tiny_mbpo(filled_replay(), tmp_path)
     other.load_state_dict(state)
@@ -165,9 +177,9 @@ def test_state_dict_restores_model_optimizers_imagined_replay_and_generators(tmp
     for key, value in mbpo.model.state_dict().items():
         assert torch.equal(value, other.model.state_dict()[key]), key
     torch.manual_seed(5)
-    mbpo.on_frame(8)  # a second imagination on each: same rollouts
+    mbpo.on_step(4)  # a second imagination on each: same rollouts
     torch.manual_seed(5)
-    other.on_frame(8)
+    other.on_step(4)
     assert torch.equal(mbpo.imagined.latest(4).frames, other.imagined.latest(4).frames)
     assert torch.equal(mbpo.imagined.sample(4).reward, other.imagined.sample(4).reward)
 
@@ -176,15 +188,20 @@ def test_validation_scores_the_newest_episodes_and_writes_videos(tmp_path):
     mbpo = tiny_mbpo(filled_replay(), tmp_path, validation={"batch_size": 2, "video_segments": 1,
                                                             "video_rollouts": 2})
     mbpo.video_format = "gif"
-    mbpo.on_frame(0)
-    mbpo.on_frame(4)
+    mbpo.on_step(0)
+    mbpo.on_step(2)
     logged = []
-    mbpo.log_video = lambda *args: logged.append(args)
+
+    class Sink:
+        def log_video(self, key: str, path, frame: int) -> None:
+            logged.append((key, path, frame))
+
+    mbpo.videos = Sink()
     metrics = mbpo.validate(frame=4)
     assert {"val/psnr", "val/mse", "val/copy_last_mse", "val/reward_mse"} <= set(metrics)
     assert metrics["val/psnr"] == pytest.approx(-10 * np.log10(metrics["val/mse"]), rel=0.2)
     assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["imagined_4.gif", "val_4.gif"]
-    assert [args[0] for args in logged] == ["val/video", "imagination/video"]
+    assert [args[0] for args in logged] == ["val/video", "imagination/video"] and {a[2] for a in logged} == {4}
 
 
 def test_validation_segments_come_from_the_newest_frames_only():
@@ -211,8 +228,8 @@ def test_a_fresh_world_model_is_built_for_the_env_frame_size(tmp_path, tiny_chec
     layout = mbpo.model.layout(3)
     assert mbpo.model.tokenizer.config.resolution == 32
     assert (layout.tokens_per_context_frame, layout.tokens_per_future_frame) == (64, 4)  # 8x8 latent, 4x4 patches
-    mbpo.on_frame(0)  # initial training, then the first rollouts
-    mbpo.on_frame(4)
+    mbpo.on_step(0)  # initial training, then the first rollouts
+    mbpo.on_step(2)
     assert mbpo.status()["imagination/rollouts"] > 0
     assert mbpo.agent_batch(8).obs.shape == (8, 9, 32, 32)
     with pytest.raises(ValueError, match="use env.image_size=64"):  # a checkpoint keeps its frame size
@@ -227,7 +244,7 @@ def test_a_published_checkpoint_is_fine_tuned_with_new_heads_and_frozen_codebook
     codebook = model.tokenizer.quantize.embedding.weight
     assert not codebook.requires_grad
     before = codebook.clone()
-    mbpo.on_frame(0)  # initial training updates everything else
+    mbpo.on_step(0)  # initial training updates everything else
     assert torch.equal(codebook, before) and torch.count_nonzero(model.transformer.action_linear.weight) > 0
 
 

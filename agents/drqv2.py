@@ -1,8 +1,9 @@
 """DrQ-v2 (Yarats et al., 2021): DDPG-style actor-critic on pixels with random-shift augmentation.
 
-Defaults are the settings of the iVideoGPT Meta-World runs (../shared/DESIGN.md section 6): Adam lr 1e-4 with
-weight decay 1e-6, feature dim 50, hidden 1024, tau 0.01, 3-step returns, discount 0.99, batch 256, two
-updates per env step, 2,000 uniformly random exploration steps, std linear(1.0, 0.1, 100k steps), clip 0.3.
+Defaults are the settings of the iVideoGPT Meta-World runs (its code's mbrl/cfgs and mbrl/drqv2.py): Adam
+lr 1e-4 with weight decay 1e-6, feature dim 50, hidden 1024, tau 0.01, 3-step returns, discount 0.99, batch
+256, two updates per env step, 2,000 uniformly random exploration steps, std linear(1.0, 0.1, 100k steps),
+clip 0.3.
 """
 
 from __future__ import annotations

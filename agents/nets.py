@@ -29,8 +29,8 @@ class RandomShift(nn.Module):
 
     The reference pads by replication and bilinearly samples (`grid_sample`) a window whose sampling points
     fall on pixel centres, i.e. an integer crop of the padded image; this computes that crop directly (an
-    index gather, ~7x faster on CPU, and it works on uint8). tests/agents/test_drqv2.py checks it against the
-    grid_sample formulation.
+    index gather: far cheaper than interpolation on a CPU, and it works on uint8). tests/agents/test_drqv2.py
+    checks it against the grid_sample formulation.
     """
 
     def __init__(self, pad: int) -> None:
@@ -80,7 +80,7 @@ class Encoder(nn.Module):
         """
         h = self.convnet(torch.mul(obs, 1.0 / 255.0).sub_(0.5))
         # Flatten in (H, W, C) order: a free view of a channels-last output, so the backward pass stays in
-        # one memory format (mixing formats makes the ReLU backward ~10x slower on CPU).
+        # one memory format (mixing formats makes the ReLU backward many times slower on a CPU).
         return h.permute(0, 2, 3, 1).flatten(1)
 
 

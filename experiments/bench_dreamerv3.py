@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from hydra import compose, initialize_config_dir
 
-from agents import dreamerv3
+from mbrl import dreamerv3
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STEPS = {"tiny": 400, "XS": 40, "S": 20, "M": 10, "L": 10, "XL": 10}

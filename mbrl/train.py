@@ -2,6 +2,11 @@
 
 Composes the Hydra config (configs/train.yaml), checks it, records it in the run folder and hands it to
 `mbrl.trainer.Trainer`. Multirun: `python -m mbrl.train -m task=door_open,drawer_open seed=1,2,3`.
+
+Machine-dependent defaults come from Hydra itself, so every Hydra flag (`--cfg job`, `--help`, `-m`, ...)
+works in any position: the default `profile=auto` is registered here at import in Hydra's ConfigStore as the
+`cpu` profile without CUDA and the `paper` profile with it (a run prints which); `agent=dreamerv3` selects
+`world_model=none` unless the command names one (configs/agent/dreamerv3.yaml).
 """
 
 from __future__ import annotations
@@ -13,14 +18,57 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from core.logger import save_run_info
 from mbrl.envs import resolve_task, short_name  # first: it picks headless rendering before MuJoCo loads
-from mbrl.trainer import TrainConfig, Trainer
+from mbrl.train_config import TrainConfig
+from mbrl.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+# Config groups whose entries are named <name>_<profile> (in train.yaml: `${agent}_${profile}`).
+PROFILE_GROUPS = ("agent_profile", "world_model_profile")
+
+
+def machine_profile(cuda: bool) -> str:
+    """The profile that `profile=auto` (the default) stands for: `paper` with CUDA, `cpu` without."""
+    return "paper" if cuda else "cpu"
+
+
+def register_auto_profile(cuda: bool, config_dir: Path = CONFIG_DIR) -> str:
+    """Registers `profile=auto` in Hydra's ConfigStore as a copy of `profile/<machine_profile(cuda)>.yaml`,
+    and in each of PROFILE_GROUPS `<name>_auto` for every `<name>_<profile>.yaml` there: the picked profile's
+    file, or nothing where that profile has none. The composed config then holds the picked profile's values,
+    and `${agent}_${profile}` in train.yaml's defaults list finds its `_auto` entry. Returns the profile."""
+    picked = machine_profile(cuda)
+    store = ConfigStore.instance()
+    content = OmegaConf.load(config_dir / "profile" / f"{picked}.yaml")
+    store.store(group="profile", name="auto", node=content, package="_global_")  # as in the profile files
+    profiles = {path.stem for path in (config_dir / "profile").glob("*.yaml")}
+    for group in PROFILE_GROUPS:
+        for path in sorted((config_dir / group).glob("*.yaml")):
+            name, _, profile = path.stem.rpartition("_")
+            if profile in profiles:
+                source = config_dir / group / f"{name}_{picked}.yaml"
+                store.store(group=group, name=f"{name}_auto",
+                            node=OmegaConf.load(source) if source.is_file() else OmegaConf.create())
+    return picked
+
+
+AUTO_PROFILE = register_auto_profile(torch.cuda.is_available())
+
+
+def profile_note(choice: str | None, picked: str = AUTO_PROFILE) -> str | None:
+    """The line a run prints when the profile was picked for it (`choice` is Hydra's choice for `profile`)."""
+    if choice != "auto":
+        return None
+    if picked == "cpu":
+        return ("no GPU found: using profile=cpu (smaller batch, shorter run); pass profile=paper for the "
+                "paper's settings")
+    return "GPU found: using profile=paper (the paper's settings); pass profile=cpu for a shorter run"
 
 
 def run_dir_for(runs_dir: str, task: str, agent: str, world_model: str, seed: int, resume: object) -> str:
@@ -63,7 +111,11 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Callable[[], None]:
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    note = profile_note(hydra_config.runtime.choices.get("profile"))
+    if note:
+        print(note, file=sys.stderr)
     try:
         train = prepare(cfg, run_dir)
     except (ValueError, ImportError) as err:  # a bad setting or a missing extra: one line, no traceback
@@ -73,32 +125,5 @@ def main(cfg: DictConfig) -> None:
     train()
 
 
-def _named(argv: list[str], key: str) -> str | None:
-    """The value the command line gives `key` (the last one wins, as in Hydra), or None."""
-    values = [arg.split("=", 1)[1] for arg in argv if "=" in arg and arg.split("=", 1)[0].lstrip("+~") == key]
-    return values[-1] if values else None
-
-
-def _default_world_model(argv: list[str]) -> list[str]:
-    """`agent=dreamerv3` learns its own world model: it implies `world_model=none` unless the command names one
-    (the default, world_model=ivideogpt, is MBPO for DrQ-v2)."""
-    if _named(argv, "agent") == "dreamerv3" and _named(argv, "world_model") is None:
-        return [*argv, "world_model=none"]
-    return argv
-
-
-def _default_profile(argv: list[str]) -> list[str]:
-    """Adds `profile=cpu` when no GPU is present and the command names no profile (README: "Profiles")."""
-    if _named(argv, "profile") is not None or torch.cuda.is_available():
-        return argv
-    print(
-        "no GPU found: using profile=cpu (smaller batch, shorter run); pass profile=paper for the paper's "
-        "settings",
-        file=sys.stderr,
-    )
-    return [*argv, "profile=cpu"]
-
-
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *_default_profile(_default_world_model(sys.argv[1:]))]
     main()

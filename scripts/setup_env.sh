@@ -24,4 +24,4 @@ fi
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
 "$PY" -m pip install -q -e "$spec" 2>&1 | grep -v -E "^(WARNING: (Location|Running pip))" || true
-"$PY" -c "import torch, mbrl, agents, world_model" || { echo "setup failed: the project does not import" >&2; exit 1; }
+"$PY" -c "import torch, core, mbrl, agents, world_model" || { echo "setup failed: the project does not import" >&2; exit 1; }

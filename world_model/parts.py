@@ -22,8 +22,8 @@ from torch import nn
 
 from core.batch import SegmentBatch
 from core.precision import autocast
-from world_model.modes import module_mode
 from world_model.model import IVideoGPT
+from world_model.modes import module_mode
 
 MAX_PIXEL = 255.0
 Loss = Callable[[SegmentBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]

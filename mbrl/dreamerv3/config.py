@@ -80,7 +80,7 @@ class DreamerV3Config:
     def fabric_precision(self, device: torch.device) -> str:
         if self.precision != "auto":
             return self.precision
-        # bf16 autocast is several times slower than fp32 on CPUs without native bf16 (DESIGN.md section 8).
+        # bf16 autocast is several times slower than fp32 on CPUs without native bf16.
         return "bf16-mixed" if device.type == "cuda" else "32-true"
 
 
@@ -236,7 +236,7 @@ def sheeprl_config(
                 "id": f"metaworld_{spec.task}",
                 "num_envs": agent.num_envs,
                 # Our env's processes would hold GL contexts: sheeprl's AsyncVectorEnv forks, which hangs once a
-                # GL context exists (DESIGN.md section 8); the sync one also lets the envs log into the session.
+                # GL context exists; the sync one also lets the envs log into the session.
                 "sync_env": True,
                 "action_repeat": 1,  # ours repeats inside the env, rendering once per agent step
                 "screen_size": spec.env.image_size,

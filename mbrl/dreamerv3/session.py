@@ -38,9 +38,11 @@ import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import Logger as FabricLogger
 
+from core.checkpoint import should_resume
 from core.io import atomic_write
 from core.logger import Logger
 from core.runtime import Timer
+from core.schedule import crossed
 from core.video import VideoRecorder
 from mbrl.dreamerv3.config import OBS_KEY, RunSpec
 from mbrl.dreamerv3.env import DictFrameEnv
@@ -74,25 +76,22 @@ class ResumePoint:
 def resume_point(run_dir: Path, resume: str | bool) -> ResumePoint | None:
     """The point a launch into `run_dir` continues from, or None for a fresh run (`resume`: auto/True/False).
 
+    The resume file stands for the run's checkpoint in the one resume policy
+    (`core.checkpoint.should_resume`); a folder with train or eval rows but no resume file is refused too,
+    whatever `resume` says: a relaunch would append a second run to its CSV files.
+
     Raises:
         ValueError: resume=true without a checkpoint, resume=false into a run folder, a folder that holds a
             run with nothing to resume from, or a resume file whose checkpoint is gone.
     """
     path = run_dir / RESUME_FILE
-    if path.is_file() and resume is not False:
+    if should_resume(path, resume, run=f"the DreamerV3 run {run_dir}"):
         point = ResumePoint(**json.loads(path.read_text()))
         if not Path(point.checkpoint).is_file():
             raise ValueError(f"{path} names the sheeprl checkpoint {point.checkpoint}, which does not exist; "
                              "start a new run in a new folder")
         return point
-    if resume is True:
-        raise ValueError(f"resume=true but {run_dir} holds no DreamerV3 checkpoint ({RESUME_FILE}); "
-                         "start a new run with resume=auto")
-    if path.is_file():
-        raise ValueError(f"{run_dir} already holds a DreamerV3 run; pass resume=auto to continue it or use a new "
-                         "folder")
     if any((run_dir / name).exists() for name in ("train.csv", "eval.csv")):
-        # A relaunch would append a second run to its CSV files.
         raise ValueError(f"{run_dir} already holds a run but no DreamerV3 checkpoint to resume from (it stopped "
                          "before its first one, or ran with agent.save_checkpoints=false): use a new folder")
     return None
@@ -187,11 +186,11 @@ class Session:
         final = self.step >= self.spec.final_step
         # evaluation first: the checkpoint then includes it, and a resumed run keeps its row (the logger is
         # told so) instead of losing it, since sheeprl's loop has no hook to repeat it before going on
-        if final or _crossed(self._evaluated_frame, self.frame, self.spec.eval_every_frames):
+        if final or crossed(self._evaluated_frame, self.frame, self.spec.eval_every_frames):
             self._evaluated_frame = self.frame
             if self.spec.num_eval_episodes > 0:
                 self.evaluate(fabric, state)
-        if final or _crossed(self._checkpointed_frame, self.frame, self.spec.checkpoint_every_frames):
+        if final or crossed(self._checkpointed_frame, self.frame, self.spec.checkpoint_every_frames):
             self._checkpointed_frame = self.frame
             if self.spec.agent.save_checkpoints:
                 self._checkpointer.on_checkpoint_coupled(fabric, ckpt_path, state, replay_buffer)
@@ -225,11 +224,6 @@ class Session:
         if self._eval_env is not None:
             self._eval_env.close()
             self._eval_env = None
-
-
-def _crossed(last_frame: int, frame: int, every: int) -> bool:
-    """True when a multiple of `every` frames lies in (last_frame, frame]; `every` 0 means never."""
-    return every > 0 and frame // every > last_frame // every
 
 
 def _our_metric_name(key: str) -> str | None:

@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parents[2]
 # frames each; 200 agent steps; training starts after 40 random steps (5 gradient steps per 20 agent steps).
 TINY = [
     "agent=dreamerv3",
-    "world_model=none",  # what `python -m mbrl.train agent=dreamerv3` adds by itself
     "profile=paper",
     "task=reach",
     "seed=3",
@@ -175,7 +174,7 @@ def test_run_logs_our_metrics_against_env_frames(tmp_path):
     point = json.loads((tmp_path / "dreamerv3_resume.json").read_text())
     assert (point["step"], point["episode"], point["evaluated_frame"]) == (200, 10, 400)
 
-    with pytest.raises(ValueError, match="already holds a DreamerV3 run"):
+    with pytest.raises(ValueError, match="DreamerV3 run .* already holds a checkpoint .*dreamerv3_resume"):
         run(train_config("resume=false"), tmp_path)
     # relaunched with a larger budget, the run continues from its checkpoint at frame 400
     run(train_config("num_train_frames=600", "logging.wandb.mode=offline"), tmp_path)
@@ -272,19 +271,23 @@ def test_resume_point_refuses_what_it_cannot_continue(tmp_path):
     from mbrl.dreamerv3.session import ResumePoint, resume_point
 
     assert resume_point(tmp_path, "auto") is None
-    with pytest.raises(ValueError, match="resume=true but"):
+    assert resume_point(tmp_path, False) is None
+    with pytest.raises(ValueError, match="resume=true but .*dreamerv3_resume.json does not exist"):
         resume_point(tmp_path, True)
+    with pytest.raises(ValueError, match="resume='maybe' must be auto, true or false"):
+        resume_point(tmp_path, "maybe")
     (tmp_path / "train.csv").write_text("frame\n40\n")
-    with pytest.raises(ValueError, match="no DreamerV3 checkpoint to resume from"):
-        resume_point(tmp_path, "auto")
+    for mode in ("auto", False):
+        with pytest.raises(ValueError, match="no DreamerV3 checkpoint to resume from"):
+            resume_point(tmp_path, mode)
     ckpt = tmp_path / "ckpt_10_0.ckpt"
     ResumePoint(str(ckpt), 10, 1, 0, 20, 1.5).save(tmp_path)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="names the sheeprl checkpoint .* which does not exist"):
         resume_point(tmp_path, "auto")
     ckpt.write_bytes(b"")
     assert resume_point(tmp_path, True) == ResumePoint(str(ckpt), 10, 1, 0, 20, 1.5)
     assert resume_point(tmp_path, "auto").frame(2) == 20
-    with pytest.raises(ValueError, match="resume=auto to continue"):
+    with pytest.raises(ValueError, match="already holds a checkpoint .*resume=auto to continue"):
         resume_point(tmp_path, False)
 
 
@@ -309,4 +312,6 @@ def test_cli_trains_dreamerv3(tmp_path):
     assert {"eval/success_rate", "eval/episode_return"} <= set(evals[0])
     assert "train/episode_return" in read_csv(tmp_path / "train.csv")[0]
     assert b"eval/success_rate" in wandb_record(tmp_path, b"eval/success_rate")
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["agent"]["name"] == "dreamerv3"
+    recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert recorded["agent"]["name"] == "dreamerv3"
+    assert recorded["world_model"] == {"name": "none"}  # implied by agent=dreamerv3, not named in TINY

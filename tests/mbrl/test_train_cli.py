@@ -202,11 +202,3 @@ def test_resume_true_finds_the_newest_run_with_a_checkpoint(tmp_path):
     dreamer.mkdir()
     (dreamer / "dreamerv3_resume.json").write_text("{}")
     assert run_dir_for(str(tmp_path), "door_open", "dreamerv3", "none", 1, True) == str(dreamer)
-
-
-def test_dreamerv3_implies_no_mbpo_world_model_unless_named():
-    from mbrl.train import _default_world_model
-
-    assert _default_world_model(["agent=dreamerv3"]) == ["agent=dreamerv3", "world_model=none"]
-    assert _default_world_model(["agent=dreamerv3", "world_model=ivideogpt"])[-1] == "world_model=ivideogpt"
-    assert _default_world_model(["agent=drqv2"]) == ["agent=drqv2"]  # MBPO stays the default for DrQ-v2

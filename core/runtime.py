@@ -36,9 +36,8 @@ def available_cpus() -> int:
 def configure_threads(num_threads: int | str = "auto") -> int:
     """Sets torch's intra-op thread count and returns it.
 
-    `"auto"` uses every core this process may run on: on the 2-core CPU the DrQ-v2 update runs fastest with
-    2 threads when the cores are free (experiments/bench_drqv2.py measures it); pass 1 when another job
-    shares the machine.
+    `"auto"` uses every core this process may run on; pass 1 when another job shares the machine (two threads
+    can then be slower than one: `experiments/bench_drqv2.py` measures it).
     """
     n = available_cpus() if num_threads == "auto" else int(num_threads)
     if n < 1:
@@ -67,12 +66,8 @@ def configure_malloc(mode: str = "tuned") -> bool:
     raised as such blocks are freed) straight from the kernel and unmaps them on free, and it hands the top of
     the heap back once 128 KiB of it is free: a training step that allocates the same few-MB activations
     every time pays page faults and page zeroing for each. `"tuned"` sets the mmap threshold to 32 MiB and
-    the trim threshold to 1 GiB, so those blocks are reused (a process holds up to that much freed memory).
-    On the development machine (2 cores) a DrQ-v2 update at batch 256 took 0.22-0.24 s instead of 0.25-0.30 s,
-    a tokenizer update (16 x 12 frames) 1.79-1.84 s instead of 1.94-2.00 s (`experiments/bench_drqv2.py`,
-    `bench_world_model.py`, three and two runs each way); the imagination engine, which reuses its own buffers,
-    ran at the same speed; the cpu profile's main job, whose batches are small, ran 6,000 frames in 4:28
-    instead of 4:33 with the same peak memory (1.6 GB) and 22x fewer page faults. `"system"` leaves glibc's
+    the trim threshold to 1 GiB, so those blocks are reused (a process holds up to that much freed memory; the
+    measured gains are in the README's configuration table and docs/imagination.md). `"system"` leaves glibc's
     settings as they are. Settings apply to the whole process and cannot be undone; without glibc (macOS,
     Windows, musl) nothing happens.
     """

@@ -42,7 +42,7 @@ from reference_rollout import reference_rollout  # experiments/, this script's f
 
 from core.precision import autocast_to, dtype_name
 from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc
-from world_model.imagination import ImaginationConfig
+from world_model.imagination_config import ImaginationConfig
 from world_model.model import IVideoGPT
 from world_model.transformer import WorldModelTransformer
 

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from core.precision import dtype_name, native_bf16
 from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
 from world_model.blocks import Upsample
-from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig, inference_layout
+from world_model.tokenizer import CompressiveTokenizer, inference_layout
+from world_model.tokenizer_config import TokenizerConfig
 
 
 def best_ms(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) -> float:

@@ -39,7 +39,8 @@ import torch
 from core.batch import SegmentBatch
 from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
 from world_model.model import IVideoGPT
-from world_model.training import OptimConfig, WorldModelTrainer, to_unit
+from world_model.parts import to_unit
+from world_model.training import OptimConfig, WorldModelTrainer
 from world_model.transformer import num_parameters
 
 ACTION_DIM = 4  # Meta-World

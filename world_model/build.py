@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 from typing import Any
 
-from world_model.imagination import ImaginationConfig
+from world_model.imagination_config import ImaginationConfig
 from world_model.layout import RewardAlignment
 from world_model.model import IVideoGPT, base_layout
 from world_model.presets import get_preset
-from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig
+from world_model.tokenizer import CompressiveTokenizer
+from world_model.tokenizer_config import TokenizerConfig
 from world_model.transformer import WorldModelTransformer
 
 

@@ -16,8 +16,7 @@ runs eagerly. The engine counts the transitions it imagines and the seconds it s
 (:attr:`Imaginer.transitions_per_s`). See ``docs/imagination.md``.
 
 The pieces live by concern: the knobs in ``world_model.imagination_config``, the sampler in
-``world_model.sampling``, the compiled / captured step in ``world_model.imagination_steps``; their names are
-re-exported here.
+``world_model.sampling``, the compiled / captured step in ``world_model.imagination_steps``.
 """
 from __future__ import annotations
 
@@ -32,38 +31,23 @@ from typing import Any, TypeVar
 import torch
 
 from core.precision import autocast_to
-from world_model.imagination_config import EngineSettings, Flag, ImaginationConfig, Precision
+from world_model.imagination_config import ImaginationConfig
 from world_model.imagination_steps import (
-    GRAPH_WARMUP_RUNS,
     Capture,
     CapturedSteps,
     StaticRollout,
-    cuda_graph_capture,
-    no_capture,
     pad_rows,
     padded_batch_size,
     row_chunks,
 )
 from world_model.layout import TokenLayout
-from world_model.modes import eval_mode, module_mode
+from world_model.modes import eval_mode
 from world_model.sampling import (
     draw_noise,
-    dynamics_logits,
-    noise_width,
-    sample_codes,
-    sample_top_k,
     symexp,
-    symlog,
 )
 from world_model.tokenizer import CompressiveTokenizer, ContextCache
 from world_model.transformer import WorldModelTransformer
-
-__all__ = [
-    "GRAPH_WARMUP_RUNS", "Capture", "CapturedSteps", "EngineSettings", "Flag", "ImaginationConfig", "Imaginer",
-    "Precision", "StaticRollout", "cuda_graph_capture", "draw_noise", "dynamics_logits", "eval_mode",
-    "module_mode", "no_capture", "noise_width", "pad_rows", "padded_batch_size", "row_chunks", "sample_codes",
-    "sample_top_k", "symexp", "symlog",
-]
 
 T = TypeVar("T")
 

@@ -17,17 +17,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.io import atomic_write, load_checked
-from world_model.imagination import ImaginationConfig, Imaginer
+from world_model.imagination import Imaginer
+from world_model.imagination_config import ImaginationConfig
 from world_model.layout import IGNORE_INDEX, RewardAlignment, TokenLayout
+from world_model.llama import TransformerConfig
 from world_model.modes import eval_mode
 from world_model.presets import get_preset
 
 # sample_top_k and symexp are re-exported: they lived here before the engine moved to world_model.imagination
 from world_model.sampling import sample_top_k, symexp, symlog  # noqa: F401
-from world_model.tokenizer import CONFIG_NAME as TOKENIZER_CONFIG
-from world_model.tokenizer import WEIGHTS_NAME as TOKENIZER_WEIGHTS
-from world_model.tokenizer import CompressiveTokenizer, TokenizerConfig
-from world_model.transformer import TransformerConfig, WorldModelTransformer
+from world_model.tokenizer import CompressiveTokenizer
+from world_model.tokenizer_config import CONFIG_NAME as TOKENIZER_CONFIG
+from world_model.tokenizer_config import WEIGHTS_NAME as TOKENIZER_WEIGHTS
+from world_model.tokenizer_config import TokenizerConfig
+from world_model.transformer import WorldModelTransformer
 
 TOKENIZER_DIR = "tokenizer"
 TRANSFORMER_DIR, TRANSFORMER_CONFIG, TRANSFORMER_WEIGHTS = "transformer", "config.json", "model.safetensors"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from world_model.transformer import TransformerConfig
+from world_model.llama import TransformerConfig
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,6 @@ from world_model.encoder_decoder import Decoder, Encoder
 from world_model.tokenizer_config import CONFIG_NAME, WEIGHTS_NAME, TokenizerConfig
 from world_model.vq import VectorQuantizer
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CompressiveTokenizer", "ContextCache", "KeyValues", "TokenizerConfig",
-           "depatchify", "inference_layout", "patchify"]
-
 KeyValues = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 

@@ -36,11 +36,12 @@ from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng
 from core.logger import Logger, resume_checked, save_run_info
 from core.runtime import Timer, configure_malloc, configure_threads, derive_seed, pick_device, set_seed
 from core.schedule import Every
+from world_model.build import build_model
 from world_model.data.dataset import EpisodeDataset
 from world_model.lpips import build_perceptual
 from world_model.model import IVideoGPT
 from world_model.train_config import PartConfig, WorldModelTrainConfig, resolve_auto
-from world_model.training import WorldModelTrainer, build_model
+from world_model.training import WorldModelTrainer
 from world_model.transformer import num_parameters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,6 @@ STATE_FILE = "training_state.pt"
 STATE_VERSION = 1
 # Independent seed streams (core.runtime.derive_seed).
 _DATA, _EVAL_SEGMENTS, _EVAL_SAMPLING = range(3)
-__all__ = ["CHECKPOINT_DIR", "STATE_FILE", "PartConfig", "WorldModelRun", "WorldModelTrainConfig", "main"]
 
 
 class WorldModelRun:

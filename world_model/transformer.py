@@ -16,17 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-# the LLaMA network's names are re-exported: they lived here before it moved to world_model.llama
-from world_model.llama import (  # noqa: F401
-    MLP,
-    Attention,
-    DecoderLayer,
+from world_model.llama import (
     LlamaForCausalLM,
-    LlamaModel,
     RMSNorm,
-    RotaryEmbedding,
     TransformerConfig,
-    single_query_attention,
 )
 
 

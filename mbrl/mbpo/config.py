@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from core.config import coerce_ints
-from world_model.imagination import ImaginationConfig
+from world_model.imagination_config import ImaginationConfig
 from world_model.training import OptimConfig
 
 PRESET_AUTO = "auto"

@@ -24,8 +24,9 @@ from mbrl.mbpo.config import LoopSettings, MBPOConfig
 from mbrl.mbpo.schedule import build_schedule
 from mbrl.mbpo.videos import rollout_video, save_video, side_by_side
 from mbrl.replay import ReplayBuffer
+from world_model.build import build_model
 from world_model.lpips import build_perceptual
-from world_model.training import WorldModelTrainer, build_model
+from world_model.training import WorldModelTrainer
 
 
 class ExplorationSettings(Protocol):

@@ -19,8 +19,8 @@ from mbrl.mbpo import (
     model_arguments,
 )
 from mbrl.replay import ReplayBuffer
-from world_model.imagination import ImaginationConfig
-from world_model.training import build_model
+from world_model.build import build_model
+from world_model.imagination_config import ImaginationConfig
 
 REPEAT = 2
 

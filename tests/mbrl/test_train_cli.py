@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from core.checkpoint import load_checkpoint
 from mbrl.replay import ReplayBuffer
 from mbrl.train import run_dir_for
-from mbrl.trainer import TrainConfig
+from mbrl.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 # Tiny networks and episodes: each launch is a few seconds, mostly imports and env creation.

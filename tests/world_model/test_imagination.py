@@ -3,19 +3,11 @@ import pytest
 import torch
 from helpers import checkpoint_folder, engine_rollout, reference_rollout, tiny_contexts
 
-from world_model.imagination import (
-    EngineSettings,
-    ImaginationConfig,
-    Imaginer,
-    draw_noise,
-    no_capture,
-    pad_rows,
-    padded_batch_size,
-    row_chunks,
-    sample_codes,
-    symexp,
-)
+from world_model.imagination import Imaginer
+from world_model.imagination_config import EngineSettings, ImaginationConfig
+from world_model.imagination_steps import no_capture, pad_rows, padded_batch_size, row_chunks
 from world_model.model import IVideoGPT
+from world_model.sampling import draw_noise, sample_codes, symexp
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,10 @@ import pytest
 import torch
 from helpers import REPO, checkpoint_folder, engine_rollout, reference_rollout, tiny_contexts
 
-from world_model.imagination import ImaginationConfig, Imaginer, symexp
+from world_model.imagination import Imaginer
+from world_model.imagination_config import ImaginationConfig
 from world_model.model import IVideoGPT
+from world_model.sampling import symexp
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

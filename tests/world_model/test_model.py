@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from helpers import checkpoint_folder
 from safetensors.torch import load_file, save_file
 
-from world_model.model import IVideoGPT, sample_top_k, symexp, symlog
+from world_model.model import IVideoGPT
+from world_model.sampling import sample_top_k, symexp, symlog
 from world_model.transformer import num_parameters
 
 FIXTURE_KEYS = ("frames", "actions", "tokens", "labels", "recon", "logits", "loss", "reward_pred")

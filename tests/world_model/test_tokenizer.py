@@ -13,15 +13,8 @@ from torch import nn
 
 from world_model.blocks import SLOW_CHANNELS_LAST_NORM_POSITIONS, GroupNorm, Upsample, _slow_norm_layout
 from world_model.cross_attention import context_attention
-from world_model.tokenizer import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    CompressiveTokenizer,
-    ContextCache,
-    TokenizerConfig,
-    depatchify,
-    patchify,
-)
+from world_model.tokenizer import CompressiveTokenizer, ContextCache, depatchify, patchify
+from world_model.tokenizer_config import CONFIG_NAME, WEIGHTS_NAME, TokenizerConfig
 
 MANIFEST = "manifest_paper64.json"
 CONTEXT = 2  # the fixture's context_length

@@ -8,13 +8,8 @@ from helpers import decode_step, prefill
 from safetensors.torch import load_file
 
 from world_model.layout import TokenLayout
-from world_model.transformer import (
-    KVCache,
-    TransformerConfig,
-    WorldModelTransformer,
-    num_parameters,
-    single_query_attention,
-)
+from world_model.llama import TransformerConfig, single_query_attention
+from world_model.transformer import KVCache, WorldModelTransformer, num_parameters
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,7 @@ from world_model.layout import IGNORE_INDEX, RewardAlignment, TokenLayout
 from world_model.llama import TransformerConfig
 from world_model.modes import eval_mode
 from world_model.presets import get_preset
-
-# sample_top_k and symexp are re-exported: they lived here before the engine moved to world_model.imagination
-from world_model.sampling import sample_top_k, symexp, symlog  # noqa: F401
+from world_model.sampling import symlog
 from world_model.tokenizer import CompressiveTokenizer
 from world_model.tokenizer_config import CONFIG_NAME as TOKENIZER_CONFIG
 from world_model.tokenizer_config import WEIGHTS_NAME as TOKENIZER_WEIGHTS

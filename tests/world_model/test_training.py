@@ -30,12 +30,11 @@ from mbrl.collect import CollectConfig, collect
 from world_model import parts
 from world_model.build import build_model
 from world_model.data.dataset import EpisodeDataset
-from world_model.evaluation import evaluate_open_loop
+from world_model.evaluation import evaluate_open_loop, psnr
 from world_model.model import IVideoGPT
 from world_model.parts import cosine_schedule, tokenizer_optimizer, transformer_optimizer
 from world_model.train import STATE_FILE, WorldModelRun
 from world_model.train_config import PartConfig, WorldModelTrainConfig
-from world_model.evaluation import psnr
 from world_model.training import OptimConfig, WorldModelTrainer
 
 REPO = Path(__file__).resolve().parents[2]

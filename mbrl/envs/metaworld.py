@@ -27,10 +27,12 @@ holds a GL context hangs.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
@@ -39,6 +41,26 @@ from mbrl.envs.tasks import resolve_task
 
 _GOAL_OBSERVABLE_SUFFIX = "-goal-observable"
 RGB_CHANNELS = 3
+# Everything MuJoCo integrates: time, qpos, qvel, act, warm-start accelerations, controls, applied forces, mocap.
+_MJ_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
+# Model arrays Meta-World rewrites at reset (goal sites, object bodies) and that the renderer reads.
+_MODEL_FIELDS = ("body_pos", "body_quat", "site_pos", "site_quat")
+# Settings of the inner env, not episode state: an env restored from another keeps its own.
+_NOT_STATE = frozenset({"max_path_length"})
+
+
+@dataclass(frozen=True)
+class SimState:
+    """Everything `MetaWorldPixelEnv.set_sim_state` needs to continue an episode exactly (see
+    `MetaWorldPixelEnv.get_sim_state`). Treat it as opaque; it holds copies, never views."""
+
+    task_id: str
+    physics: np.ndarray  # mj_getState(mjSTATE_INTEGRATION)
+    model: dict[str, np.ndarray]  # _MODEL_FIELDS
+    inner: dict[str, Any]  # the Meta-World env's plain Python attributes (goal, step counter, last obs, ...)
+    stack: np.ndarray  # (frame_stack, 3, H, W) uint8
+    state_obs: np.ndarray | None
+    steps: int | None
 
 
 @dataclass
@@ -167,6 +189,51 @@ class MetaWorldPixelEnv(gym.Env):
             self._steps = None
         return self._observation(), reward, False, truncated, {"success": success, "frame": frame}
 
+    def get_sim_state(self) -> SimState:
+        """A copy of the full episode state: MuJoCo's integration state (time, qpos, qvel, act, controls,
+        mocap), the model arrays Meta-World moves at reset (goal site, object bodies), the Meta-World env's
+        Python attributes (goal, object start, step counter, last observation) and ours (frame stack, state
+        observation, step count). `set_sim_state` on this env, or on another env of the same task and config,
+        continues from here: the same actions give the same frames, rewards and successes."""
+        if self._closed:
+            raise RuntimeError("get_sim_state() called after close(); make a new env")
+        physics = np.empty(mujoco.mj_stateSize(self._env.model, _MJ_STATE), dtype=np.float64)
+        mujoco.mj_getState(self._env.model, self._env.data, physics, _MJ_STATE)
+        inner = {key: copy.deepcopy(value) for key, value in vars(self._env).items()
+                 if key not in _NOT_STATE and _is_plain(value)}
+        return SimState(
+            task_id=self.task_id,
+            physics=physics,
+            model={name: getattr(self._env.model, name).copy() for name in _MODEL_FIELDS},
+            inner=inner,
+            stack=self._stack.copy(),
+            state_obs=None if self._state_obs is None else self._state_obs.copy(),
+            steps=self._steps,
+        )
+
+    def set_sim_state(self, state: SimState) -> None:
+        """Restore a state from `get_sim_state` (of this env or another env of the same task and image
+        settings); `state` is not modified and can be restored again."""
+        if self._closed:
+            raise RuntimeError("set_sim_state() called after close(); make a new env")
+        if not isinstance(state, SimState):
+            raise TypeError(f"set_sim_state needs a SimState from get_sim_state(), got {type(state).__name__}")
+        if state.task_id != self.task_id or state.stack.shape != self._stack.shape:
+            raise ValueError(f"the state is of {state.task_id} with frame stack {state.stack.shape}, this env is "
+                             f"{self.task_id} with {self._stack.shape}; restore it into an env of the same config")
+        for name, value in state.model.items():
+            getattr(self._env.model, name)[:] = value
+        for key, value in state.inner.items():
+            setattr(self._env, key, copy.deepcopy(value))
+        mujoco.mj_setState(self._env.model, self._env.data, state.physics, _MJ_STATE)
+        # positions for rendering and observations; the forward pass rewrites the solver's warm start, which
+        # is part of the state (the next step would differ in the last bits), so the state is set again after
+        mujoco.mj_forward(self._env.model, self._env.data)
+        mujoco.mj_setState(self._env.model, self._env.data, state.physics, _MJ_STATE)
+        self._stack[:] = state.stack
+        self._state_obs = None if state.state_obs is None else state.state_obs.copy()
+        self._steps = state.steps
+
     def render(self) -> np.ndarray:
         """The newest frame as an image `(H, W, 3)` uint8 (for videos)."""
         return np.ascontiguousarray(self._stack[-1].transpose(1, 2, 0))
@@ -187,6 +254,18 @@ class MetaWorldPixelEnv(gym.Env):
 
     def _observation(self) -> np.ndarray:
         return self._stack.reshape(self.observation_space.shape).copy()
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether an attribute of the inner env is plain data (part of the episode state), not a simulator,
+    renderer, space or random generator."""
+    if isinstance(value, (np.ndarray, np.generic, bool, int, float, str, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(_is_plain(item) for item in value.values())
+    return False
 
 
 def make_env(cfg: EnvConfig) -> MetaWorldPixelEnv:

@@ -40,25 +40,29 @@ def test_collect_writes_the_documented_layout(tmp_path):
             )
             assert (episode["reward"][:-1] > 0).all()
 
-    # the frames are the training env's: the first one equals a fresh env's reset frame for the same seed
+    # the frames are the training env's: the first one equals a fresh env's reset frame for the episode's seed
+    from mbrl.collect import episode_seed
     from mbrl.envs import EnvConfig, make_env
 
+    cfg = parse_args(args)
     env = make_env(EnvConfig(task=TASK, seed=3, image_size=32, episode_length=4))
     try:
-        reset_frame = env.reset()[1]["frame"]
+        reset_frame = env.reset(seed=episode_seed(cfg, TASK, 0))[1]["frame"]
     finally:
         env.close()
     with np.load(files[0]) as episode:
         np.testing.assert_array_equal(episode["image"][0], reset_frame.transpose(1, 2, 0))
 
-    # same seed -> same data; a used folder is refused
-    again = main([*args[:2], f"out={tmp_path / 'again'}", *args[3:]])
+    # same seed -> same data, in one process or two; the same command again records nothing new
+    again = main([*args[:2], f"out={tmp_path / 'again'}", *args[3:], "workers=2"])
     for a, b in zip(files, again, strict=True):
         with np.load(a) as x, np.load(b) as y:
             for key in x.files:
                 np.testing.assert_array_equal(x[key], y[key])
-    with pytest.raises(ValueError, match="already holds episodes"):
-        main(args)
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    assert main(args) == files and [f.stat().st_mtime_ns for f in files] == mtimes
+    with pytest.raises(ValueError, match=r"other settings \(noise\)"):
+        main([*args[:-2], "noise=0.2", "seed=3"])
 
     # the collected folder loads as world-model data
     dataset = EpisodeDataset(out, segment_length=3)
@@ -77,3 +81,25 @@ def test_collect_arguments_are_checked():
         parse_args(["out=x", "episodes=two"])
     with pytest.raises(ValueError, match="close matches"):
         parse_args(["out=x", "task=door_opn"]).env_config()
+
+
+def test_many_tasks_resume_after_an_interruption(tmp_path):
+    """`tasks=` writes one folder per task; a run cut short is completed by the same command, and the data equal
+    those of an uninterrupted run."""
+    out = tmp_path / "corpus"
+    common = ["tasks=reach,handle_press", "episode_length=3", "image_size=16", "noise=0.1", "seed=1"]
+    whole = main([*common, "episodes=3", f"out={tmp_path / 'whole'}"])
+    assert [f.parent.name for f in whole] == ["reach"] * 3 + ["handle_press"] * 3
+    main([*common, "episodes=1", f"out={out}"])  # "interrupted" after one episode of each task
+    assert len(list(out.rglob("*.npz"))) == 2
+    resumed = main([*common, "episodes=3", f"out={out}"])
+    for a, b in zip(whole, resumed, strict=True):
+        assert a.name == b.name
+        with np.load(a) as x, np.load(b) as y:
+            np.testing.assert_array_equal(x["image"], y["image"])
+            np.testing.assert_array_equal(x["action"], y["action"])
+    with pytest.raises(ValueError, match="unknown Meta-World task"):
+        main(["tasks=reach,door_opn", f"out={tmp_path / 'bad'}"])
+    with pytest.raises(ValueError, match="workers >= 1"):
+        parse_args(["out=x", "workers=0"])
+

@@ -1,6 +1,12 @@
-"""World-model episode data: EpisodeDataset loading and sampling of episode `.npz` folders."""
+"""World-model episode data: EpisodeDataset loading and sampling of episode `.npz` folders, and
+experiments/bench_data.py on tiny counts."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +71,24 @@ def test_dataset_errors(tmp_path):
     np.savez_compressed(tmp_path / "bad.npz", image=np.zeros((4, 4, 4, 3), np.uint8), action=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="3 rows for 4 frames"):
         EpisodeDataset(tmp_path, segment_length=2)
+
+
+def test_integer_frames_are_read_as_uint8(tmp_path):
+    """BAIR stores int64 frames in [0, 255]: converted; values outside are refused."""
+    np.savez_compressed(tmp_path / "a.npz", image=np.full((4, 2, 2, 3), 200, np.int64))
+    batch = EpisodeDataset(tmp_path, segment_length=2).sample(2)
+    assert batch.frames.dtype == torch.uint8 and int(batch.frames.max()) == 200
+    np.savez_compressed(tmp_path / "a.npz", image=np.full((4, 2, 2, 3), 300, np.int64))
+    with pytest.raises(ValueError, match=r"values in \[300, 300\]"):
+        EpisodeDataset(tmp_path, segment_length=2)
+
+
+def test_bench_data_runs_on_tiny_counts():
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "experiments/bench_data.py", "--counts", "20,40", "--frames", "6", "--size", "8",
+         "--segment", "4", "--batch", "4", "--batches", "2", "--json"],
+        cwd=repo, capture_output=True, text=True, timeout=120, check=True)
+    rows = json.loads(out.stdout)["rows"]
+    assert [(r["loader"], r["episodes"]) for r in rows] == [("lazy", 20), ("lazy", 40), ("memory", 20)]
+    assert all(r["segments_per_s"] > 0 and r["rss_sampled_mb"] > 0 for r in rows)

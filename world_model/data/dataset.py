@@ -7,7 +7,9 @@ then carries `None` for them. Files written by `mbrl.collect` pad the last row o
 `reward` and `success` with zeros (no step is taken at an episode's final frame).
 
 All episodes are loaded into memory once (uint8, channels first) and sampled with vectorised indexing; this
-suits demonstration-scale data (thousands of episodes), not a full Open X-Embodiment mixture.
+suits demonstration-scale data (thousands of episodes), not a full Open X-Embodiment mixture: for that,
+`world_model.data.lazy.LazyEpisodeDataset` reads episodes on demand (same `sample` API) and
+`world_model.data.mixture` mixes such datasets by weight (`load_data` picks one or the other from `data=`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from core.batch import SegmentBatch
+from world_model.data.formats import frames_uint8
 
 ACTION_KEY = "action"
 REWARD_KEY = "reward"
@@ -88,11 +91,7 @@ class EpisodeDataset:
                 raise ValueError(
                     f"{file} has no {image_key!r} array (it has {data.files}); pass image_key=..."
                 )
-            frames = data[image_key]
-            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-                raise ValueError(
-                    f"{file}: {image_key!r} must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}"
-                )
+            frames = frames_uint8(data[image_key], file, image_key)  # BAIR's int64 frames become uint8
             episode = {"frames": np.ascontiguousarray(frames.transpose(0, 3, 1, 2))}
             for key in (ACTION_KEY, REWARD_KEY):
                 if key in data.files:

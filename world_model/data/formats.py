@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 ACTION_KEY = "action"
+REWARD_KEY = "reward"
 ACTION_STORAGE = ("per_frame", "transitions", "none")
 HELD_OUT_EVERY = 100
 TARGET_RATE_HZ = 3.0
@@ -86,9 +87,34 @@ FORMATS: dict[str, DatasetFormat] = {
     "language_table": _oxe("language_table", 10, "rgb"),
     "roboturk": _oxe("roboturk", 10, "front_rgb"),
     "viola": _oxe("viola", 20, "agentview_rgb"),
+    "bc_z": _oxe("bc_z", 10),
+    "stanford_mask_vit": _oxe("stanford_mask_vit", 1),  # no control rate known: stride 1 as the official table
     # our own episodes (python -m mbrl.collect): frames under `image`, one action row per frame
     "metaworld": DatasetFormat("metaworld", image_key="image", stride=1, actions="per_frame"),
+    # Something-Something v2 (tokenizer pre-training only): converted to episode files with frames under `image`
+    "something_something_v2": DatasetFormat("something_something_v2", image_key="image", stride=1, actions="none"),
 }
+#: The smaller Open X-Embodiment datasets of the "select" mixture (sharing 0.20 of its weight) by the base step
+#: size of the official converter's table (frames under `image` unless FORMATS already names another key).
+SMALL_OXE_RATES: dict[str, float] = {
+    "jaco_play": 10, "berkeley_cable_routing": 10, "toto": 30, "columbia_cairlab_pusht_real": 10,
+    "stanford_kuka_multimodal_dataset_converted_externally_to_rlds": 20,
+    "stanford_hydra_dataset_converted_externally_to_rlds": 10, "austin_buds_dataset_converted_externally_to_rlds": 20,
+    "nyu_franka_play_dataset_converted_externally_to_rlds": 3, "maniskill_dataset_converted_externally_to_rlds": 20,
+    "furniture_bench_dataset_converted_externally_to_rlds": 10, "ucsd_kitchen_dataset_converted_externally_to_rlds": 2,
+    "ucsd_pick_and_place_dataset_converted_externally_to_rlds": 3,
+    "austin_sailor_dataset_converted_externally_to_rlds": 20,
+    "utokyo_pr2_opening_fridge_converted_externally_to_rlds": 10,
+    "utokyo_pr2_tabletop_manipulation_converted_externally_to_rlds": 10,
+    "utokyo_xarm_pick_and_place_converted_externally_to_rlds": 10,
+    "utokyo_xarm_bimanual_converted_externally_to_rlds": 10, "kaist_nonprehensile_converted_externally_to_rlds": 10,
+    "dlr_sara_pour_converted_externally_to_rlds": 10, "dlr_sara_grid_clamp_converted_externally_to_rlds": 10,
+    "dlr_edan_shared_control_converted_externally_to_rlds": 5, "asu_table_top_converted_externally_to_rlds": 12.5,
+    "iamlab_cmu_pickup_insert_converted_externally_to_rlds": 20, "utaustin_mutex": 20,
+    "berkeley_fanuc_manipulation": 10, "cmu_playing_with_food": 10, "cmu_play_fusion": 5, "cmu_stretch": 10,
+}
+FORMATS.update({name: _oxe(name, rate) for name, rate in SMALL_OXE_RATES.items()})
+FORMATS["stanford_mask_vit_converted_externally_to_rlds"] = FORMATS["stanford_mask_vit"]
 
 
 def get_format(name: str) -> DatasetFormat:
@@ -121,7 +147,8 @@ def held_out_files(folder: str | Path) -> tuple[list[Path], str]:
     return chosen, note
 
 
-def _frames_uint8(array: np.ndarray, file: Path, key: str) -> np.ndarray:
+def frames_uint8(array: np.ndarray, file: Path, key: str) -> np.ndarray:
+    """Frames (T, H, W, 3) as uint8: integer types with values in [0, 255] are converted (one-line errors)."""
     if array.ndim != 4 or array.shape[-1] != 3:
         raise ValueError(f"{file}: {key!r} must be frames (T, H, W, 3), got shape {array.shape}")
     if array.dtype == np.uint8:
@@ -158,7 +185,7 @@ def load_clip(file: str | Path, fmt: DatasetFormat, length: int, start: int = 0,
         if len(strided) < start + length:
             raise ValueError(f"{file} has {len(strided)} frames after stride {fmt.stride} (of {len(raw)}), fewer "
                              f"than the {start + length} the segment needs; lower segment_length")
-        frames = _frames_uint8(strided[start:start + length], file, fmt.image_key)
+        frames = frames_uint8(strided[start:start + length], file, fmt.image_key)
         actions = None
         if with_actions and fmt.actions != "none" and ACTION_KEY in data.files:
             actions = np.asarray(data[ACTION_KEY], dtype=np.float32).reshape(len(data[ACTION_KEY]), -1)
@@ -170,3 +197,32 @@ def load_clip(file: str | Path, fmt: DatasetFormat, length: int, start: int = 0,
                 actions = np.concatenate([actions, np.zeros_like(actions[:1])])
             actions = actions[::fmt.stride][start:start + length]
     return np.ascontiguousarray(frames), actions
+
+
+def load_episode(file: str | Path, fmt: DatasetFormat, with_actions: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A whole episode, not strided: frames uint8 (T, H, W, 3), actions float32 (T, D) (a zero row appended
+    to ``transitions`` storage) or None when not read, absent or the format has none, and rewards float32 (T,)
+    (``reward``, one per frame) or None when absent."""
+    file = Path(file)
+    with np.load(file) as data:
+        if fmt.image_key not in data.files:
+            raise ValueError(f"{file} has no {fmt.image_key!r} array (it has {', '.join(data.files)}); "
+                             f"check dataset={fmt.name}")
+        frames = frames_uint8(data[fmt.image_key], file, fmt.image_key)
+        actions = None
+        if with_actions and fmt.actions != "none" and ACTION_KEY in data.files:
+            actions = np.asarray(data[ACTION_KEY], dtype=np.float32).reshape(len(data[ACTION_KEY]), -1)
+            wanted = len(frames) - 1 if fmt.actions == "transitions" else len(frames)
+            if len(actions) != wanted:
+                raise ValueError(f"{file}: {ACTION_KEY!r} has {len(actions)} rows for {len(frames)} frames; the "
+                                 f"{fmt.actions} layout of dataset={fmt.name} needs {wanted}")
+            if fmt.actions == "transitions":
+                actions = np.concatenate([actions, np.zeros_like(actions[:1])])
+        rewards = None
+        if REWARD_KEY in data.files:
+            rewards = np.asarray(data[REWARD_KEY], dtype=np.float32).reshape(-1)
+            if len(rewards) != len(frames):
+                raise ValueError(f"{file}: {REWARD_KEY!r} has {len(rewards)} rows for {len(frames)} frames; the "
+                                 "layout needs one per frame")
+    return np.ascontiguousarray(frames), actions, rewards

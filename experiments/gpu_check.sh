@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one call of at most ~10 minutes: the CUDA tests, the imagination, DrQ-v2
-# and world-model benches at the paper's sizes, and a few minutes of profile=paper MBPO with its time split.
+# Every GPU check of the project in one call of at most ~10 minutes: the CUDA tests, the imagination, DrQ-v2,
+# world-model and planning benches at the paper's sizes, and two minutes of profile=paper MBPO with its time split.
 #
 #   bash experiments/gpu_check.sh [OUT_DIR]       (default: $OUT when set, else ./gpu_check)
 #
@@ -39,7 +39,8 @@ if [ -z "${IVG_SHARED:-}" ]; then
 fi
 steps="$out/steps.tsv"
 : > "$steps"
-declare -A limit=([cuda_tests]=120 [bench_imagination]=150 [bench_drqv2]=60 [bench_world_model]=120 [mbpo]=150)
+declare -A limit=([cuda_tests]=90 [bench_imagination]=120 [bench_drqv2]=45 [bench_world_model]=90 [bench_planning]=90
+                  [mbpo]=120)
 for pair in ${GPU_CHECK_LIMITS:-}; do limit[${pair%%=*}]="${pair#*=}"; done
 
 # run NAME CMD...: runs CMD under NAME's time limit, its output in logs/NAME.log, one row (name, exit status, milliseconds) in steps.tsv
@@ -60,6 +61,9 @@ drqv2_args=(--json)
 "$PY" experiments/bench_drqv2.py --help 2>/dev/null | grep -q -- "--device" && drqv2_args+=(--device cuda)
 run bench_drqv2 "$PY" experiments/bench_drqv2.py "${drqv2_args[@]}"
 run bench_world_model "$PY" experiments/bench_world_model.py --presets paper64 --json
+# the planning target: paper64, 200 sequences at horizon 10, at most 1 s per control step
+run bench_planning "$PY" experiments/bench_planning.py --models ivideogpt --preset paper64 --samples 200 \
+  --horizon 10 --device cuda --steps 5 --max-seconds 30 --json
 # A shortened paper-profile MBPO run: every phase (exploration, initial world-model training, periodic updates,
 # imagination) happens within the limit; train.csv's cumulative time/<phase> columns give the split.
 run mbpo "$PY" -m mbrl.train task=door_open profile=paper seed=1 hydra.run.dir="$out/mbpo_run" \

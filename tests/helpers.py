@@ -86,9 +86,12 @@ def engine_rollout(imaginer: Imaginer, context: torch.Tensor, actions: torch.Ten
 @functools.cache
 def experiment_module(name: str) -> ModuleType:
     """The module ``experiments/<name>.py`` (not an installed package), loaded once from its file."""
-    folder = REPO / "experiments"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", folder / f"{name}.py")
+    key = f"experiments_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, REPO / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module  # registered first: dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 

@@ -59,14 +59,16 @@ case "$*" in *bench_world_model*) exit 3;; esac
     lines = calls.read_text().splitlines()
     assert [line.split()[0] for line in lines] == [
         "-m", "experiments/bench_imagination.py", "experiments/bench_drqv2.py", "experiments/bench_drqv2.py",
-        "experiments/bench_world_model.py", "-m"]  # pytest, the benches (drqv2's --help probe first), mbrl.train
+        "experiments/bench_world_model.py", "experiments/bench_planning.py", "-m"]
+    # pytest, the benches (drqv2's --help probe first), mbrl.train
     assert "test_imagination_cuda.py" in lines[0] and "--preset paper64 --batches 32 --horizon 10" in lines[1]
     assert lines[-1].startswith("-m mbrl.train task=door_open profile=paper")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["gpu"] == "Fake GPU 80GB" and summary["ok"] is False
     assert [s["name"] for s in summary["steps"]] == ["cuda_tests", "bench_imagination", "bench_drqv2",
-                                                     "bench_world_model", "mbpo"]
-    assert [s["exit_code"] for s in summary["steps"]] == [0, 0, 0, 3, 0]
+                                                     "bench_world_model", "bench_planning", "mbpo"]
+    assert [s["exit_code"] for s in summary["steps"]] == [0, 0, 0, 3, 0, 0]
+    assert "--preset paper64 --samples 200 --horizon 10 --device cuda" in lines[5]
     assert summary["steps"][1]["result"] == {"rows": [{"name": "x", "value": 1}]}
 
 

@@ -8,8 +8,10 @@ action-conditioned). Each of ``samples`` rollouts is written as one video of rea
 
 Options: ``context_frames=auto`` (the checkpoint's T0), ``segment_length=16`` (shortened to the episode when it
 is shorter), ``samples=5``, ``action_conditioned=auto|true|false`` (auto: follow the checkpoint),
-``out=DIR`` (default ``runs/predict/<episode name>``), ``seed=0``, ``temperature=1.0``, ``top_k=100``,
-``format=gif|mp4``, ``fps=4``, ``device=auto``, ``precision=auto``, ``num_threads=auto``.
+``goal_conditioned=false`` (true: a goal-conditioned checkpoint such as ``oxe-64-goal-cond`` gets the
+segment's last frame as its goal, ``[o_T, o_1, ..., o_T]``, and predicts ``o_2 ... o_T`` from the goal and
+``o_1``; action-free), ``out=DIR`` (default ``runs/predict/<episode name>``), ``seed=0``, ``temperature=1.0``,
+``top_k=100``, ``format=gif|mp4``, ``fps=4``, ``device=auto``, ``precision=auto``, ``num_threads=auto``.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.batch import SegmentBatch
 from core.precision import PRECISIONS
 from core.runtime import configure_threads, pick_device
 from core.video import VIDEO_FORMATS, VideoRecorder
 from world_model.clip_scoring import ClipScorer, load_checked_model, to_model_frames
 from world_model.data.formats import DatasetFormat, get_format, load_episode
+from world_model.data.goal import GOAL_CONTEXT_FRAMES, goal_first
 from world_model.model import IVideoGPT
 
 GAP = 2  # white pixels between the real and the predicted frame
@@ -43,6 +47,7 @@ class PredictConfig:
     segment_length: int = 16
     samples: int = 5
     action_conditioned: str = "auto"
+    goal_conditioned: str = "false"
     out: str = ""
     seed: int = 0
     temperature: float = 1.0
@@ -81,6 +86,10 @@ class PredictConfig:
             raise ValueError(f"format={cfg.format!r} must be one of {', '.join(VIDEO_FORMATS)}")
         if cfg.action_conditioned not in ("auto", "true", "false"):
             raise ValueError(f"action_conditioned={cfg.action_conditioned!r} must be auto, true or false")
+        if cfg.goal_conditioned not in ("true", "false"):
+            raise ValueError(f"goal_conditioned={cfg.goal_conditioned!r} must be true or false")
+        if cfg.goal_conditioned == "true" and cfg.action_conditioned == "true":
+            raise ValueError("goal_conditioned=true predicts action-free; drop action_conditioned=true")
         if cfg.precision not in PRECISIONS:
             raise ValueError(f"precision={cfg.precision!r} must be one of {', '.join(PRECISIONS)}")
         if cfg.num_threads != "auto" and not (cfg.num_threads.isdigit() and int(cfg.num_threads) > 0):
@@ -128,27 +137,34 @@ def predict(cfg: PredictConfig) -> list[Path]:
     frames, actions, _ = load_episode(file, fmt)  # the key first: a wrong dataset fails before the model loads
     model = load_checked_model(cfg.checkpoint, device, cfg.precision)
     t0 = model.context_frames
+    goal = cfg.goal_conditioned == "true"
+    if goal and (t0 != GOAL_CONTEXT_FRAMES or model.action_dim is not None):
+        raise ValueError(f"goal_conditioned=true needs an action-free checkpoint with {GOAL_CONTEXT_FRAMES} context "
+                         f"frames (the goal, then the first frame); this one has {t0} and action_dim="
+                         f"{model.action_dim}")
     if cfg.context_frames not in ("auto", str(t0)):
         raise ValueError(f"the checkpoint's tokenizer has context_length {t0} but context_frames="
                          f"{cfg.context_frames} was asked; pass context_frames={t0} or auto")
     frames = frames[::fmt.stride]
     actions = None if actions is None else actions[::fmt.stride]
-    if len(frames) <= t0:
+    if len(frames) <= t0 - goal:
         raise ValueError(f"{file} has {len(frames)} frames after stride {fmt.stride} of dataset={fmt.name}: no "
                          f"more than the {t0} context frames; use a longer episode")
     length = min(cfg.segment_length, len(frames))
     if length < cfg.segment_length:
         print(f"{file} has {len(frames)} frames after stride {fmt.stride}: predicting {length - t0}, not "
               f"{cfg.segment_length - t0}")
-    horizon = length - t0
+    horizon = length + goal - t0  # a goal-conditioned segment holds the goal twice
     if horizon > model.imaginer.max_horizon:
         raise ValueError(f"segment_length={length} with {t0} context frames asks for {horizon} imagined frames; "
                          f"this checkpoint can imagine 1 to {model.imaginer.max_horizon}; lower segment_length")
     act = None
-    if use_actions(cfg.action_conditioned, model, fmt, actions, file):
+    if not goal and use_actions(cfg.action_conditioned, model, fmt, actions, file):
         act = torch.from_numpy(actions[:length]).to(device, torch.float32).unsqueeze(0)
     resolution = model.tokenizer.config.resolution
     real = to_model_frames(frames[:length], resolution, device)
+    if goal:
+        real = goal_first(SegmentBatch(real)).frames  # (1, length + 1, 3, H, W): the goal in front
     scorer = ClipScorer(model, cfg.samples, cfg.samples, act is not None, cfg.temperature, cfg.top_k, cfg.seed)
     start = time.perf_counter()
     generated = scorer.imagine(real, act, 0)
@@ -164,7 +180,7 @@ def predict(cfg: PredictConfig) -> list[Path]:
         for frame in frames_k[1:]:
             recorder.add(frame)
         written.append(recorder.save(f"{file.stem}_sample{k}"))
-    setting = "action-conditioned" if act is not None else "action-free"
+    setting = "goal-conditioned" if goal else "action-conditioned" if act is not None else "action-free"
     height, width = frames.shape[1:3]
     print(f"{cfg.samples} samples ({setting}, {t0} context + {horizon} predicted frames at stride {fmt.stride}, "
           f"{height}x{width} -> {resolution}x{resolution}, {elapsed:.1f} s): real | predicted in")

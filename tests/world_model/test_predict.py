@@ -122,3 +122,20 @@ def test_bad_requests_fail_with_one_line(free_ckpt, bair_ckpt, tmp_path, capsys)
     shutil.copytree(free_ckpt / "tokenizer", missing / "tokenizer")
     assert "is missing" in one_line_error(capsys, run(f"checkpoint={missing}", f"input={episode}",
                                                      "dataset=metaworld"))
+
+
+def test_goal_conditioned_prediction_starts_from_the_goal_and_the_first_frame(free_ckpt, tmp_path, spy, capsys):
+    frames = np.zeros((6, 64, 64, 3), np.uint8)
+    frames[:] = np.arange(6, dtype=np.uint8)[:, None, None, None] * 40  # frame t is uniformly 40 t
+    np.savez_compressed(tmp_path / "ep.npz", image=frames)
+    out = tmp_path / "goal"
+    assert run(f"checkpoint={free_ckpt}", f"input={tmp_path / 'ep.npz'}", "dataset=metaworld", f"out={out}",
+               "segment_length=6", "goal_conditioned=true") == 0
+    assert spy["reset"] == [(2, 2, 3, 64, 64)] and len(spy["step"]) == 5  # (goal, o_1) in; o_2 .. o_6 out
+    video = imageio.mimread(min(out.glob("*.gif")))
+    assert len(video) == 7  # the goal, then o_1 .. o_6
+    real_half = np.stack([v[..., :64, :3].mean() for v in video])
+    np.testing.assert_allclose(real_half, [200, 0, 40, 80, 120, 160, 200], atol=1)
+    assert "goal-conditioned" in capsys.readouterr().out
+    assert run(f"checkpoint={free_ckpt}", f"input={tmp_path / 'ep.npz'}", "dataset=metaworld",
+               "goal_conditioned=true", "action_conditioned=true") == 2

@@ -22,6 +22,7 @@ from torch import nn
 
 from core.batch import SegmentBatch
 from core.precision import autocast
+from world_model.codebook import CodebookMonitor, CodebookOptions
 from world_model.model import IVideoGPT
 from world_model.modes import module_mode
 
@@ -63,12 +64,20 @@ def batch_rewards(model: IVideoGPT, batch: SegmentBatch) -> torch.Tensor | None:
 
 
 # ------------------------------------------------------------------------------------ optimizers
-def tokenizer_optimizer(model: IVideoGPT, lr: float, betas: tuple[float, float] = (0.9, 0.999)
-                        ) -> torch.optim.Optimizer:
+def tokenizer_optimizer(model: IVideoGPT, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                        codebook_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """AdamW without weight decay over the tokenizer's trainable parameters (frozen codebooks left out:
-    freeze them before building the optimizer)."""
+    freeze them before building the optimizer). ``codebook_lr_scale != 1`` puts the trainable codebooks in a
+    second param group at ``lr * codebook_lr_scale`` (its ``lr_scale``); 1: one group, as before."""
     params = list(model.tokenizer.trainable_parameters())
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=0.0, fused=True)
+    codebooks = {id(q.embedding.weight) for q in (model.tokenizer.quantize, model.tokenizer.dynamics_quantize)}
+    books = [p for p in params if id(p) in codebooks]
+    if codebook_lr_scale == 1.0 or not books:
+        groups: list[dict] = [{"params": params}]
+    else:
+        groups = [{"params": [p for p in params if id(p) not in codebooks]},
+                  {"params": books, "lr": lr * codebook_lr_scale, "lr_scale": codebook_lr_scale}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=0.0, fused=True)
 
 
 def transformer_optimizer(model: IVideoGPT, lr: float, weight_decay: float,
@@ -107,6 +116,8 @@ class TrainablePart:
         grad_clip: max global gradient norm (0: no clipping).
         train_mode: the module in training mode during the loss (dropout on) or in eval mode.
         updates: optimizer steps taken so far.
+        after_step: called after each optimizer step; its named 0-d tensors join the metrics (the tokenizer's
+            ``world_model.codebook.CodebookMonitor``), or None.
     """
 
     name: str
@@ -118,6 +129,7 @@ class TrainablePart:
     grad_clip: float = 1.0
     train_mode: bool = True
     updates: int = 0
+    after_step: Callable[[], dict[str, torch.Tensor]] | None = None
 
     def parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer steps."""
@@ -128,7 +140,7 @@ class TrainablePart:
         self.base_lr = lr
         if self.schedule is None:
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             return
         schedule = self.schedule
         schedule.base_lrs = [lr] * len(schedule.base_lrs)
@@ -152,8 +164,8 @@ def update(part: TrainablePart, batch: SegmentBatch, device: torch.device,
         mixed_precision: bf16 autocast where native; False: float32.
 
     Returns:
-        ``<name>/loss``, ``<name>/<sub-loss>`` for each named sub-loss, ``<name>/grad_norm`` (before
-        clipping) and ``<name>/lr`` (the rate this step used).
+        ``<name>/loss``, ``<name>/<sub-loss>`` for each named sub-loss and each ``after_step`` value,
+        ``<name>/grad_norm`` (before clipping) and ``<name>/lr`` (the rate this step used).
     """
     with module_mode(part.train_mode, part.module), autocast(device, mixed_precision):
         loss, terms = part.loss(batch)
@@ -162,9 +174,11 @@ def update(part: TrainablePart, batch: SegmentBatch, device: torch.device,
     grad_norm = torch.nn.utils.clip_grad_norm_(part.parameters(), clip)
     part.optimizer.step()
     part.optimizer.zero_grad(set_to_none=True)
+    if part.after_step is not None:
+        terms = {**terms, **part.after_step()}
     # one host sync for all values
     values = torch.stack([loss.detach().float(), grad_norm.float(),
-                          *(t.detach().float() for t in terms.values())]).tolist()
+                          *(t.detach().float().to(loss.device) for t in terms.values())]).tolist()
     metrics = {f"{part.name}/loss": values[0], f"{part.name}/grad_norm": values[1]}
     metrics.update({f"{part.name}/{name}": v for name, v in zip(terms, values[2:])})
     metrics[f"{part.name}/lr"] = part.optimizer.param_groups[0]["lr"]
@@ -177,7 +191,7 @@ def update(part: TrainablePart, batch: SegmentBatch, device: torch.device,
 def tokenizer_part(model: IVideoGPT, lr: float, betas: tuple[float, float] = (0.9, 0.999), *,
                    freeze_codebooks: bool = False, max_target_frames: int | None = 5,
                    perceptual: nn.Module | None = None, perceptual_weight: float = 1.0, grad_clip: float = 1.0,
-                   dropout: bool = False) -> TrainablePart:
+                   dropout: bool = False, codebook: CodebookOptions | None = None) -> TrainablePart:
     """The tokenizer as a part: reconstruction of the context frames (plain path) and of up to
     ``max_target_frames`` future frames per segment (conditional path, a random subset when there are more).
 
@@ -188,17 +202,23 @@ def tokenizer_part(model: IVideoGPT, lr: float, betas: tuple[float, float] = (0.
             weighs its terms.
         dropout: the tokenizer in training mode in its updates (its cross-attention dropout on); False: eval
             mode, as the official MBRL fine-tuning (dropout is all that differs between the modes).
+        codebook: the codebook monitor's window, remedies and learning-rate scale (defaults: logging only).
 
-    The loss's sub-losses: ``recon_l1``, ``ref_recon_l1``, ``commit``, ``dyn_commit`` and perceptual terms.
+    The loss's sub-losses: ``recon_l1``, ``ref_recon_l1``, ``commit``, ``dyn_commit`` and perceptual terms; the
+    monitor adds ``{context,dynamics}_{codes_used,perplexity,dead_codes}`` (``world_model.codebook``).
     """
     model.tokenizer.freeze_codebooks(freeze_codebooks)
+    codebook = codebook or CodebookOptions()
+    optimizer = tokenizer_optimizer(model, lr, betas, codebook.lr_scale)
+    monitor = CodebookMonitor({"context": model.tokenizer.quantize, "dynamics": model.tokenizer.dynamics_quantize},
+                              optimizer, codebook.window, codebook.restart_dead, codebook.init == "data")
 
     def loss(batch: SegmentBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return model.tokenizer_loss(to_unit(batch.frames), max_target_frames=max_target_frames,
                                     perceptual=perceptual, perceptual_weight=perceptual_weight)
 
-    return TrainablePart("tokenizer", model.tokenizer, tokenizer_optimizer(model, lr, betas), loss, lr,
-                         grad_clip=grad_clip, train_mode=dropout)
+    return TrainablePart("tokenizer", model.tokenizer, optimizer, loss, lr, grad_clip=grad_clip,
+                         train_mode=dropout, after_step=monitor)
 
 
 def transformer_part(model: IVideoGPT, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),

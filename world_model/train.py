@@ -12,8 +12,9 @@ Run folder (`out=`): `checkpoint/` (the published layout, loadable by `IVideoGPT
 `training_state.pt` for resuming), `train.csv`, `eval.csv`, `config.yaml`, `git.txt`, `wandb/`. The CSV and W&B
 x-axis `frame` counts video frames trained on (steps x batch_size x segment_length); `step` is there too. Each
 train row carries the training throughput since the previous row (`throughput/segments_per_s`,
-`throughput/frames_per_s`: world-model samples per second, validation and checkpoints left out); the first
-lines of the output give the global batch and each part's learning-rate schedule.
+`throughput/frames_per_s`: world-model samples per second, validation and checkpoints left out) and both
+codebooks' health (`tokenizer/{context,dynamics}_{codes_used,perplexity,dead_codes}`, `world_model.codebook`);
+the first lines of the output give the global batch and each part's learning-rate schedule.
 """
 from __future__ import annotations
 

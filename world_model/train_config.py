@@ -34,6 +34,10 @@ class PartConfig:
     lpips_weights: str | None = None
     perceptual_weight: float = 1.0
     dropout: bool = True  # cross-attention dropout 0.1 in the updates (off: eval mode, as MBRL fine-tuning)
+    codebook_window: int = 100  # updates over which codebook use is logged; unused that long: a dead code
+    restart_dead_codes: bool | str = _AUTO  # dead codes set to latents of the batch; auto: from scratch only
+    codebook_init: str = _AUTO  # uniform (as built) | data (codes set to first-batch latents); auto: data from scratch
+    codebook_lr_scale: float = 1.0  # the codebooks' rate as a multiple of lr
     # transformer only
     warmup_steps: int | str = _AUTO
     weight_decay: float = 0.01
@@ -97,7 +101,7 @@ class WorldModelTrainConfig:
         coerce_ints(self, ("steps", "batch_size", "segment_length", "eval_every", "eval_segments",
                            "checkpoint_every", "log_every"))
         for name, part in (("tokenizer", self.tokenizer), ("transformer", self.transformer)):
-            coerce_ints(part, ("every", "start", "max_target_frames"), prefix=f"{name}.")
+            coerce_ints(part, ("every", "start", "max_target_frames", "codebook_window"), prefix=f"{name}.")
             if part.every < 0 or part.start < 0:
                 raise ValueError(f"{name}.every={part.every} and {name}.start={part.start} must be >= 0")
         for name in ("steps", "eval_every", "checkpoint_every"):
@@ -116,6 +120,12 @@ class WorldModelTrainConfig:
         if self.tokenizer.freeze_codebooks not in (_AUTO, True, False):
             raise ValueError(f"tokenizer.freeze_codebooks={self.tokenizer.freeze_codebooks!r} must be auto, true "
                              "or false")
+        if self.tokenizer.restart_dead_codes not in (_AUTO, True, False):
+            raise ValueError(f"tokenizer.restart_dead_codes={self.tokenizer.restart_dead_codes!r} must be auto, "
+                             "true or false")
+        if self.tokenizer.codebook_init not in (_AUTO, "uniform", "data"):
+            raise ValueError(f"tokenizer.codebook_init={self.tokenizer.codebook_init!r} must be auto, uniform or "
+                             "data")
         if self.transformer.warmup_steps != _AUTO:
             coerce_ints(self.transformer, ("warmup_steps",), prefix="transformer.")
         if self.tokenizer.every == 0 and self.transformer.every == 0:
@@ -153,7 +163,23 @@ class WorldModelTrainConfig:
         return self.fine_tuning if freeze == _AUTO else bool(freeze)
 
     @property
+    def restart_dead_codes(self) -> bool:
+        restart = self.tokenizer.restart_dead_codes
+        return not self.fine_tuning if restart == _AUTO else bool(restart)
+
+    @property
+    def codebook_init(self) -> str:
+        init = self.tokenizer.codebook_init
+        return ("uniform" if self.fine_tuning else "data") if init == _AUTO else init
+
+    @property
     def warmup_steps(self) -> int:
+        if self.tokenizer.restart_dead_codes not in (_AUTO, True, False):
+            raise ValueError(f"tokenizer.restart_dead_codes={self.tokenizer.restart_dead_codes!r} must be auto, "
+                             "true or false")
+        if self.tokenizer.codebook_init not in (_AUTO, "uniform", "data"):
+            raise ValueError(f"tokenizer.codebook_init={self.tokenizer.codebook_init!r} must be auto, uniform or "
+                             "data")
         if self.transformer.warmup_steps != _AUTO:
             return int(self.transformer.warmup_steps)
         return min(MAX_WARMUP_STEPS, int(WARMUP_FRACTION * self.transformer.updates_in(self.steps)))
@@ -166,7 +192,9 @@ class WorldModelTrainConfig:
             warmup_steps=self.warmup_steps, total_steps=max(self.transformer.updates_in(self.steps), 1),
             max_target_frames=self.tokenizer.max_target_frames, perceptual_weight=self.tokenizer.perceptual_weight,
             freeze_codebooks=self.frozen_codebooks, tokenizer_dropout=self.tokenizer.dropout,
-            mixed_precision=self.mixed_precision)
+            mixed_precision=self.mixed_precision, codebook_window=self.tokenizer.codebook_window,
+            restart_dead_codes=self.restart_dead_codes, codebook_init=self.codebook_init,
+            codebook_lr_scale=self.tokenizer.codebook_lr_scale)
 
     def plan(self) -> list[str]:
         """The global batch and each part's cadence and learning-rate schedule, as lines for the log's head."""
@@ -180,6 +208,12 @@ class WorldModelTrainConfig:
                 continue
             if name == "tokenizer":
                 schedule = f"constant lr {self.tokenizer_lr:g}"
+                tok = self.tokenizer
+                if tok.codebook_lr_scale != 1.0:
+                    schedule += f" (codebooks x{tok.codebook_lr_scale:g})"
+                remedies = [r for r, on in (("codebooks from data", self.codebook_init == "data"),
+                                            ("dead codes restarted", self.restart_dead_codes)) if on]
+                schedule += "".join(f", {r}" for r in remedies)
             else:
                 schedule = (f"lr {self.transformer_lr:g} peak: linear warm-up over {self.warmup_steps} updates, "
                             f"cosine to 0 at update {max(updates, 1)}")

@@ -25,6 +25,7 @@ from torch import nn
 from core.batch import SegmentBatch
 from core.precision import autocast
 from world_model.build import build_model
+from world_model.codebook import CodebookMonitor, CodebookOptions
 from world_model.evaluation import OpenLoop, evaluate_open_loop, psnr, teacher_forced_losses
 from world_model.model import IVideoGPT
 from world_model.parts import (
@@ -67,6 +68,11 @@ class OptimConfig:
             the official MBRL loop fine-tunes the tokenizer in eval mode; on a CPU it also makes an update
             several times slower (CPU attention has no fused dropout).
         mixed_precision: bf16 autocast where the hardware has bf16 arithmetic (``core.precision``).
+        codebook_window: tokenizer updates over which codebook use is logged; a code unused that long is dead
+            (``world_model.codebook``).
+        restart_dead_codes: set dead codes to latents of the current batch (off: as the official training).
+        codebook_init: ``uniform`` (as built) or ``data`` (every code set to a first-batch latent).
+        codebook_lr_scale: the codebooks' learning rate as a multiple of ``tokenizer_lr``.
     """
 
     tokenizer_lr: float = 1e-4
@@ -81,9 +87,14 @@ class OptimConfig:
     freeze_codebooks: bool = False
     tokenizer_dropout: bool = False
     mixed_precision: bool = True
+    codebook_window: int = 100
+    restart_dead_codes: bool = False
+    codebook_init: str = "uniform"
+    codebook_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        self.codebook_options()  # checks the codebook settings
         for name in ("tokenizer_lr", "transformer_lr", "weight_decay", "grad_clip", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
@@ -91,6 +102,10 @@ class OptimConfig:
             raise ValueError(f"total_steps={self.total_steps} must be >= 1 or None (constant learning rate)")
         if self.max_target_frames is not None and self.max_target_frames < 1:
             raise ValueError(f"max_target_frames={self.max_target_frames} must be >= 1 or None (all)")
+
+    def codebook_options(self) -> CodebookOptions:
+        return CodebookOptions(window=int(self.codebook_window), restart_dead=bool(self.restart_dead_codes),
+                               init=self.codebook_init, lr_scale=float(self.codebook_lr_scale))
 
 
 class WorldModelTrainer:
@@ -113,7 +128,7 @@ class WorldModelTrainer:
         tokenizer = tokenizer_part(model, cfg.tokenizer_lr, cfg.betas, freeze_codebooks=cfg.freeze_codebooks,
                                    max_target_frames=cfg.max_target_frames, perceptual=self.perceptual,
                                    perceptual_weight=cfg.perceptual_weight, grad_clip=cfg.grad_clip,
-                                   dropout=cfg.tokenizer_dropout)
+                                   dropout=cfg.tokenizer_dropout, codebook=cfg.codebook_options())
         transformer = transformer_part(model, cfg.transformer_lr, cfg.weight_decay, cfg.betas,
                                        warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
                                        grad_clip=cfg.grad_clip)
@@ -130,7 +145,8 @@ class WorldModelTrainer:
 
         Returns:
             ``<name>/loss``, its sub-losses (tokenizer: ``recon_l1``, ``ref_recon_l1``, ``commit``,
-            ``dyn_commit``, perceptual terms; transformer: ``ce``, ``reward``), ``<name>/grad_norm``,
+            ``dyn_commit``, perceptual terms and the codebook health ``{context,dynamics}_{codes_used,
+            perplexity,dead_codes}``; transformer: ``ce``, ``reward``), ``<name>/grad_norm``,
             ``<name>/lr`` (the rate this step used).
         """
         part = self.parts[name]
@@ -164,14 +180,17 @@ class WorldModelTrainer:
 
     # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Per part: ``<name>_optimizer``, ``<name>_scheduler`` (parts with a schedule), ``<name>_updates`` (the
-        weights are saved with ``save_pretrained``)."""
+        """Per part: ``<name>_optimizer``, ``<name>_scheduler`` (parts with a schedule), ``<name>_updates`` and the
+        tokenizer's codebook windows, ``tokenizer_codebooks`` (the weights are saved with ``save_pretrained``)."""
         state: dict[str, Any] = {}
         for name, part in self.parts.items():
             state[f"{name}_optimizer"] = part.optimizer.state_dict()
             if part.schedule is not None:
                 state[f"{name}_scheduler"] = part.schedule.state_dict()
         state.update({f"{name}_updates": part.updates for name, part in self.parts.items()})
+        for name, part in self.parts.items():
+            if isinstance(part.after_step, CodebookMonitor):
+                state[f"{name}_codebooks"] = part.after_step.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -184,4 +203,9 @@ class WorldModelTrainer:
             if part.schedule is not None:
                 part.schedule.load_state_dict(state[f"{name}_scheduler"])
             part.updates = int(state[f"{name}_updates"])
+            if isinstance(part.after_step, CodebookMonitor):
+                if f"{name}_codebooks" in state:
+                    part.after_step.load_state_dict(state[f"{name}_codebooks"])
+                elif part.updates:  # an older checkpoint: empty windows, and never codebooks from data again
+                    part.after_step.init_pending = False
             part.reset_learning_rate(rates[name])

@@ -13,7 +13,9 @@ _MAX_DISTANCE_ELEMENTS = 1 << 24
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour codebook (Euclidean distance) with a straight-through estimator.
 
-    ``embedding.weight`` ``(num_codes, dim)`` is the codebook (the published key name).
+    ``embedding.weight`` ``(num_codes, dim)`` is the codebook (the published key name). ``forward`` (the
+    training path) keeps the codes it picked and the latents it quantized, detached, in ``last_indices`` and
+    ``last_latents`` for ``world_model.codebook.CodebookMonitor`` (which clears them); they are not state.
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 1.0) -> None:
@@ -21,6 +23,8 @@ class VectorQuantizer(nn.Module):
         self.beta = beta
         self.embedding = nn.Embedding(num_codes, dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / num_codes, 1.0 / num_codes)
+        self.last_indices: torch.Tensor | None = None
+        self.last_latents: torch.Tensor | None = None
 
     @property
     def num_codes(self) -> int:
@@ -57,4 +61,5 @@ class VectorQuantizer(nn.Module):
         indices = self.nearest(z)
         z_q = self.lookup(indices)
         loss = self.beta * F.mse_loss(z, z_q.detach()) + F.mse_loss(z_q, z.detach())
+        self.last_indices, self.last_latents = indices, z.detach()
         return z + (z_q - z).detach(), loss, indices

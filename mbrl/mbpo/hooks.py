@@ -184,8 +184,9 @@ class MBPO:
     def _train(self, init_steps: int, tokenizer: int, transformer: int) -> dict[str, float]:
         """`init_steps` updates of both parts, then the periodic ones (one shared batch when both are due).
 
-        Returns the means over this call's updates (the trainer then averages calls over the episode) and
-        `wm/segments_per_s`, the real segments trained on per wall-clock second.
+        Returns the means over this call's updates (the trainer then averages calls over the episode), among
+        them the codebook health `wm/tokenizer/{context,dynamics}_{codes_used,perplexity,dead_codes}`
+        (`world_model.codebook`), and `wm/segments_per_s`, the real segments trained on per wall-clock second.
         """
         periodic = max(tokenizer, transformer)
         steps = [(True, True)] * init_steps + [(i < tokenizer, i < transformer) for i in range(periodic)]
@@ -211,7 +212,10 @@ class MBPO:
         if init_steps:  # one line for logs where the progress bar is off (pipes, cluster jobs)
             tqdm.write(f"world model: initial training done in {seconds:.0f} s; mean "
                        f"transformer ce {metrics['wm/transformer/ce']:.3f}, tokenizer recon L1 "
-                       f"{metrics['wm/tokenizer/recon_l1']:.4f}")
+                       f"{metrics['wm/tokenizer/recon_l1']:.4f}; codes used (last "
+                       f"{self.trainer.cfg.codebook_window} updates): context "
+                       f"{metrics['wm/tokenizer/context_codes_used']:.0%}, dynamics "
+                       f"{metrics['wm/tokenizer/dynamics_codes_used']:.0%}")
         return metrics
 
     def _imagine(self, batches: int, step: int) -> dict[str, float]:

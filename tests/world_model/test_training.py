@@ -175,9 +175,9 @@ def test_a_resumed_trainer_takes_its_learning_rates_from_its_config():
         transformer.optimizer.step()  # no gradients: only the schedule moves
         transformer.schedule.step()
     state = trainer.state_dict()
-    # the keys existing checkpoints hold
+    # the keys existing checkpoints hold, and the codebook windows (optional on load: test_codebook.py)
     assert set(state) == {"tokenizer_optimizer", "transformer_optimizer", "transformer_scheduler",
-                          "tokenizer_updates", "transformer_updates"}
+                          "tokenizer_updates", "transformer_updates", "tokenizer_codebooks"}
     same = WorldModelTrainer(model, cfg)
     same.load_state_dict(state)
     assert [g["lr"] for g in same.parts["transformer"].optimizer.param_groups] == \
@@ -253,6 +253,12 @@ def test_part_cadence_and_config_errors(episodes):
     assert cfg.tokenizer_lr == 5e-4 and not cfg.frozen_codebooks  # from scratch: the pre-training settings
     tuned = compose_config(f"data={episodes / 'train'}", "pretrained=/some/checkpoint")
     assert tuned.tokenizer_lr == 1e-4 and tuned.frozen_codebooks
+    # codebook remedies: on from scratch, off when fine-tuning (a checkpoint's codebooks stay as published)
+    assert (cfg.restart_dead_codes, cfg.codebook_init) == (True, "data")
+    assert (tuned.restart_dead_codes, tuned.codebook_init) == (False, "uniform")
+    assert (tuned.optim().restart_dead_codes, tuned.optim().codebook_init) == (False, "uniform")
+    with pytest.raises(ValueError, match="codebook_init='kmeans' must be auto, uniform or data"):
+        compose_config(f"data={episodes}", "tokenizer.codebook_init=kmeans")
     with pytest.raises(ValueError, match="action_conditioned='yes' must be auto, true or false"):
         compose_config(f"data={episodes}", "action_conditioned=yes")
     with pytest.raises(ValueError, match="segment_length=2 must exceed context_frames=2"):
@@ -312,11 +318,16 @@ def test_cli_end_to_end_writes_a_loadable_checkpoint_and_logs(episodes, tmp_path
     assert [int(r["step"]) for r in train] == [2, 4]
     assert [int(r["frame"]) for r in train] == [2 * 2 * SEGMENT, 4 * 2 * SEGMENT]
     assert {"tokenizer/recon_l1", "transformer/ce", "transformer/reward", "transformer/lr"} <= set(train[0])
+    for book in ("context", "dynamics"):  # codebook health (world_model.codebook)
+        used = float(train[-1][f"tokenizer/{book}_codes_used"])
+        assert 0 < used <= 1 and 1 <= float(train[-1][f"tokenizer/{book}_perplexity"]) <= used * 64 + 1e-3
+        assert 0 <= float(train[-1][f"tokenizer/{book}_dead_codes"]) <= 64
     for row in train:  # throughput: world-model samples per second over the row's steps
         segments, frames = float(row["throughput/segments_per_s"]), float(row["throughput/frames_per_s"])
         assert segments > 0 and frames == pytest.approx(segments * SEGMENT)
     assert f"global batch: 2 segments x {SEGMENT} frames = {2 * SEGMENT} frames per step" in result.stdout
     assert "transformer: 4 updates (every 1 steps from step 0), lr 0.0001 peak" in result.stdout
+    assert "constant lr 0.0005, codebooks from data, dead codes restarted" in result.stdout
     evals = read_csv(out / "eval.csv")
     assert [int(r["step"]) for r in evals] == [0, 2, 4]
     assert {"eval/mse", "eval/copy_last_mse", "eval/psnr", "eval/reward_mse", "eval/ce"} <= set(evals[0])

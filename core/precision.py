@@ -12,13 +12,13 @@ ones, which is why the rollout engine keeps its eager token steps in float32 on 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-from pathlib import Path
 
 import torch
 
-NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+from core import cpu
+
+NATIVE_BF16_CPU_FLAGS = cpu.NATIVE_BF16_FLAGS
 """``/proc/cpuinfo`` flags of CPUs with bf16 arithmetic in hardware."""
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -28,17 +28,12 @@ CPU_BF16_ENV = "IVG_CPU_BF16"
 """Set to 0 / 1 to force the CPU answer of :func:`native_bf16` (e.g. bit-for-bit comparisons across machines)."""
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU advertises AVX512-BF16 or AMX-BF16 (Linux; False where the flags cannot be read)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return bool(NATIVE_BF16_CPU_FLAGS & set(line.split(":", 1)[-1].split()))
-    return False
+    """True when the CPU advertises AVX512-BF16 or AMX-BF16 (Linux; False where the flags cannot be read).
+
+    The one detection is ``core.cpu.detect`` (so ``IVG_CPU_ISA`` caps this answer too).
+    """
+    return cpu.cpu_choices(cpu.detect(cpuinfo)).bf16
 
 
 def native_bf16(device: torch.device) -> bool:

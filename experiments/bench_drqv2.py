@@ -7,7 +7,9 @@ images, replicate pad + bilinear `grid_sample` augmentation, NCHW convolutions, 
 actor loss whose backward also computes the critic's weight gradients. `drqv2` is `agents.drqv2.DrQV2Agent`
 as configured for training (uint8 crop augmentation, channels-last convolutions, fused Adam, actor-only
 backward); `drqv2 nchw` is the same without channels-last. Timings are medians over `--updates` updates after
-one warm-up update; other processes on the machine slow them down (the load average is printed).
+one warm-up update; other processes on the machine slow them down (the load average is printed). The first
+lines name the CPU, its instruction sets and the kernel choices made for it (`core.cpu`); the JSON is
+`{"cpu": ..., "load_average": ..., "rows": [...]}`.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import torch.nn.functional as F
 
 from agents.drqv2 import DrQV2Agent, DrQV2Config
 from core.batch import TransitionBatch
+from core.cpu import report, report_lines
 from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc
 
 BF16_VARIANT = "drqv2 bf16-encoder"  # the agent with agent.encoder_precision=bfloat16
+FOREACH_VARIANT = "drqv2 foreach-adam"  # the agent with multi-tensor (foreach) Adam instead of fused Adam
 
 
 def make_batch(batch_size: int, obs_shape: tuple[int, int, int], action_dim: int) -> TransitionBatch:
@@ -118,7 +122,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--updates", type=int, default=5, help="timed updates per variant")
     parser.add_argument("--variants", nargs="+", default=["reference-style", "drqv2 nchw", "drqv2"],
-                        help=f"also: '{BF16_VARIANT}' (agent.encoder_precision=bfloat16)")
+                        help=f"also: '{BF16_VARIANT}' (agent.encoder_precision=bfloat16), '{FOREACH_VARIANT}'")
     parser.add_argument("--malloc", choices=MALLOC_MODES, default="tuned", help=MALLOC_HELP)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = parser.parse_args()
@@ -135,14 +139,19 @@ def main() -> None:
                 obs_shape, 4, DrQV2Config(batch_size=args.batch, channels_last=variant in ("drqv2", BF16_VARIANT),
                                           encoder_precision="bfloat16" if variant == BF16_VARIANT else "float32")
             )
+            if variant == FOREACH_VARIANT:
+                agent.encoder_opt, agent.actor_opt, agent.critic_opt = (
+                    torch.optim.Adam(m.parameters(), lr=agent.cfg.lr, weight_decay=agent.cfg.weight_decay,
+                                     foreach=True) for m in (agent.encoder, agent.actor, agent.critic))
             update = ReferenceStyleUpdate(agent) if variant == "reference-style" else agent.update
             seconds = time_updates(update, batch, args.updates)
             rows.append(Row(variant, threads, args.batch, seconds, 1.0 / seconds))
 
-    if args.json:
-        print(json.dumps([row.__dict__ for row in rows], indent=2))
-        return
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    if args.json:
+        print(json.dumps({"cpu": report(), "load_average": load, "rows": [row.__dict__ for row in rows]}, indent=2))
+        return
+    print(report_lines())
     print(
         f"DrQ-v2 update, batch {args.batch}, obs {args.obs}, torch {torch.__version__}, malloc {malloc}, "
         f"load avg {load:.2f}"

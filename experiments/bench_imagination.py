@@ -2,14 +2,15 @@
 
     python experiments/bench_imagination.py [--json] [--preset cpu|paper64|tiny] [--batches 1,32,256]
         [--horizon 10] [--max-seconds 300] [--repeats 2] [--threads N] [--compile auto|true|false]
-        [--precision auto|float32|bfloat16]
+        [--precision auto|float32|bfloat16] [--chunk-rows auto|none|N]
 
 `engine` is `IVideoGPT.reset/step` (`world_model.imagination.Imaginer`, default `ImaginationConfig`: compiled
 and CUDA-graph-captured in bfloat16 on a GPU; eager on a CPU, float32 token steps with the context prefill and
 the tokenizer in bf16 where the CPU has bf16 instructions; reset and frame decoding in chunks of
-`cpu_chunk_rows` rollouts). `--compile true` is the fastest CPU setting measured here: the token step compiled
-and in bf16 where the CPU has bf16 instructions, the frame decoder eager (needs a C++ compiler; compiling takes
-tens of seconds and is not timed). `reference` is
+`cpu_chunk_rows` rollouts, as `core.cpu.cpu_choices` picks for the CPU, `--chunk-rows` to set it).
+`--compile true` is the fastest CPU setting measured here: the token step compiled and in bf16 where the CPU
+has bf16 instructions, the frame decoder eager (needs a C++ compiler; compiling takes tens of seconds and is
+not timed). `reference` is
 `experiments/reference_rollout.py`: the published rollout's algorithm written with this
 project's modules (per imagined frame a fresh generate that re-reads the whole sequence, then detokenize;
 bfloat16 autocast on a GPU as the official code), in eval mode and with the context's cross-attention
@@ -18,13 +19,17 @@ keys/values cached, so it is a *faster* baseline than the official code (see tha
 A transition is one imagined frame of one rollout: throughput = batch * horizon / seconds of one rollout batch
 (`reset` + `horizon` steps, the model random-initialised from the preset, random actions). Times are the best
 of `--repeats` runs after a warm-up (`reset` + one step: compilation and graph capture happen there and are
-not counted), the engine's and the reference's runs taking turns. One more engine run, synchronised between phases, gives the breakdown: `reset` and per-step
-token sampling / frame decoding. Both paths decode every frame with the same call, so `w/o decode` is the
-ratio with that shared cost taken out of both (an estimate: the engine's decode time subtracted from each). Combos whose estimated time (extrapolated linearly in the batch from the
-last measured one) exceeds `--max-seconds` are skipped and marked. On CUDA the table also gives the floor of
+not counted), the engine's and the reference's runs taking turns. One more engine run, synchronised between
+phases, gives the breakdown: `reset` and per-step token sampling / frame decoding (means over the `horizon`
+steps; the reference's decoding is the mean of as many calls). Both paths decode every frame with the same
+call, so `w/o decode` is the ratio with that shared cost taken out of both (an estimate: the engine's decode
+time subtracted from each). Combos whose estimated time (extrapolated linearly in the batch from the last
+measured one) exceeds `--max-seconds` are skipped and marked. On CUDA the table also gives the floor of
 a token step implied by the bytes it must move (decode weights + the keys/values attended + written) at the
 bandwidth of a large device copy, and the fraction of it the engine reaches. The load average is printed:
-other processes on the machine slow CPU runs down.
+other processes on the machine slow CPU runs down. The first lines name the CPU, its instruction sets (and any
+cap set to emulate an older CPU, `docs/cpu.md`) and the kernel choices made for it; the JSON has them under
+`machine.cpu`.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pathlib import Path
 import torch
 from reference_rollout import reference_rollout  # experiments/, this script's folder
 
+from core.cpu import report, report_lines
 from core.precision import autocast_to, dtype_name
 from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc
 from world_model.imagination_config import ImaginationConfig
@@ -146,15 +152,16 @@ def reference_run(model: IVideoGPT, frames: torch.Tensor, actions: torch.Tensor,
 
 
 def reference_decode_s(model: IVideoGPT, frames: torch.Tensor, device: torch.device,
-                       precisions: tuple[torch.dtype | None, torch.dtype | None], repeats: int = 2) -> float:
-    """Seconds of one frame decoding in the reference's precision (best of ``repeats``)."""
+                       precisions: tuple[torch.dtype | None, torch.dtype | None], repeats: int = 10) -> float:
+    """Seconds of one frame decoding in the reference's precision: the mean of ``repeats`` calls after a
+    warm-up, as the engine's decode time is the mean over a rollout's steps (a best-of would favour it)."""
     dtype = precisions[1] or precisions[0]
     tokenizer, batch = model.tokenizer, frames.shape[0]
     codes = torch.zeros(batch, 1, model.layout(1).tokens_per_future_frame, dtype=torch.long, device=device)
     with torch.no_grad(), autocast_to(device, dtype):
         context = tokenizer.context_cache(tokenizer.encode_context(frames))
         tokenizer.decode_future(codes, context)
-        return min(timed(device, tokenizer.decode_future, codes, context) for _ in range(repeats))
+        return sum(timed(device, tokenizer.decode_future, codes, context) for _ in range(repeats)) / repeats
 
 
 # ------------------------------------------------------------------------------------ GPU floor
@@ -262,7 +269,7 @@ def bench(preset: str, batches: list[int], horizon: int, repeats: int, max_secon
         if run_reference:
             row.reference_s = min(reference_times)
             row.reference_decode_ms_per_step = 1e3 * reference_decode_s(model, frames[:, :layout.context_frames],
-                                                                        device, precisions)
+                                                                        device, precisions, horizon)
             reference_history.append((batch, row.reference_s))
             row.reference_tps = batch * horizon / row.reference_s
         if row.engine_s is not None and row.reference_s is not None:
@@ -285,14 +292,15 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(rows: list[Row], machine: dict) -> None:
+    print(report_lines(machine["cpu"]))
     print(f"device {machine['device']}, torch {machine['torch']}, threads {machine['threads']}, "
           f"load average at start {machine['load_average']}, "
           f"malloc {'tuned' if machine['malloc_tuned'] else 'as the system set it'}"
           + (f", copy bandwidth {machine['bandwidth_gb_s']:.0f} GB/s" if machine.get("bandwidth_gb_s") else ""))
     compiled = ("token step and decoder compiled" if machine["engine_decoder_compiled"] else "token step compiled"
                 ) if machine["engine_compiled"] else "eager"
-    chunks = f", reset and decoding in chunks of {machine['engine_chunk_rows']} rollouts" \
-        if machine["engine_chunk_rows"] else ""
+    chunks = (f", reset and decoding in chunks of {machine['engine_chunk_rows']} rollouts"
+              if machine["engine_chunk_rows"] else ", reset and decoding on the whole batch")
     print(f"precision: engine {machine['engine_precision']} ({compiled}{chunks}); "
           f"reference {machine['reference_precision']}")
     header = (f"{'preset':8} {'batch':>5} {'H':>3} | {'engine tr/s':>11} {'reference tr/s':>14} {'ratio':>6} "
@@ -332,6 +340,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="the engine's transformer precision (ImaginationConfig.precision; auto: bfloat16 on "
                              "CUDA, float32 on a CPU, where eager bf16 token steps are slower)")
+    parser.add_argument("--chunk-rows", default="auto", help="ImaginationConfig.cpu_chunk_rows: auto, none or N")
     parser.add_argument("--malloc", choices=MALLOC_MODES, default="tuned", help=MALLOC_HELP)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
@@ -341,18 +350,23 @@ def main() -> None:
         parser.error(f"--batches must be comma-separated integers, got {args.batches!r}")
     if not batches or min(batches) < 1 or args.horizon < 1 or args.repeats < 1:
         parser.error("--batches, --horizon and --repeats must be positive")
+    if args.chunk_rows not in ("auto", "none") and not args.chunk_rows.isdigit():
+        parser.error(f"--chunk-rows must be auto, none or a number, got {args.chunk_rows!r}")
+    chunk_rows = {"auto": "auto", "none": None}[args.chunk_rows] if not args.chunk_rows.isdigit() \
+        else int(args.chunk_rows)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     malloc_tuned = configure_malloc(args.malloc)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "load_average": [round(x, 2) for x in os.getloadavg()], "malloc_tuned": malloc_tuned}
+               "load_average": [round(x, 2) for x in os.getloadavg()], "malloc_tuned": malloc_tuned,
+               "cpu": report()}
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
     if bandwidth is not None:
         machine["bandwidth_gb_s"] = bandwidth / 1e9
     config = ImaginationConfig(compile={"auto": "auto", "true": True, "false": False}[args.compile],
-                               precision=args.precision)
+                               precision=args.precision, cpu_chunk_rows=chunk_rows)
     engine = config.resolve(device)
     machine["engine_precision"] = (f"transformer {dtype_name(engine.dtype)} (prefill {dtype_name(engine.prefill_dtype)}), "
                                    f"tokenizer {dtype_name(engine.decoder_dtype)}")

@@ -7,7 +7,8 @@ For each upsampler of the preset's frame decoder (its width and input size), eac
 float32 and bfloat16 (autocast; bf16 rows only where the CPU or GPU runs it natively), it times both forms on
 the same input in the layout inference uses (``inference_layout``), reports the best of ``--repeats`` calls
 after warm-up, and checks that the two agree. The imagination engine decodes in chunks of
-``ImaginationConfig.cpu_chunk_rows`` (8) rows on a CPU, the whole batch on a GPU.
+``ImaginationConfig.cpu_chunk_rows`` rows on a CPU (auto: 8 with bf16 instructions, else the whole batch), the
+whole batch on a GPU. The table's first lines and the JSON's ``cpu`` name the CPU (``core.cpu``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from core.cpu import report, report_lines
 from core.precision import dtype_name, native_bf16
 from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
 from world_model.blocks import Upsample
@@ -91,8 +93,9 @@ def main() -> None:
                              **measure(layer, x, dtype, args.repeats, device)})
     if args.json:
         print(json.dumps({"preset": args.preset, "device": str(device), "threads": torch.get_num_threads(),
-                          "rows": rows}, indent=2))
+                          "cpu": report(), "rows": rows}, indent=2))
         return
+    print(report_lines())
     print(f"preset {args.preset}, {device}, {torch.get_num_threads()} threads, best of {args.repeats}")
     print(f"{'upsampler':>16} {'batch':>5} {'dtype':>8} {'upsample+conv':>14} {'transposed':>11} {'speed-up':>8} "
           f"{'max diff':>9}")

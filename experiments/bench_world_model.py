@@ -21,7 +21,9 @@ named by the `IVG_SHARED` environment variable), its numbers at the same setting
 
 Each measurement is one untimed warm-up, then the best of `--repeats` timed runs; a preset's measurements share
 a `--max-seconds` budget: repeats are cut to what fits (at least one) and a measurement whose warm-up alone
-would not fit is skipped and marked. The load average is printed: other processes slow CPU runs down.
+would not fit is skipped and marked. The load average is printed: other processes slow CPU runs down. The
+first lines name the CPU, its instruction sets and the kernel choices made for it (`core.cpu`; `cpu` in the
+JSON).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 import torch
 
 from core.batch import SegmentBatch
+from core.cpu import report, report_lines
 from core.runtime import MALLOC_HELP, MALLOC_MODES, configure_malloc, configure_threads, pick_device
 from world_model.model import IVideoGPT
 from world_model.parts import to_unit
@@ -228,8 +231,9 @@ def main() -> None:
     results = [bench_preset(name.strip(), device, threads, args) for name in args.presets.split(",") if name.strip()]
     if args.json:
         print(json.dumps({"load_average_at_start": load, "torch": torch.__version__, "malloc": malloc,
-                          "results": [asdict(r) for r in results]}, indent=2))
+                          "cpu": report(), "results": [asdict(r) for r in results]}, indent=2))
     else:
+        print(report_lines())
         print(f"torch {torch.__version__}, {device}, {threads} thread(s), malloc {malloc}, "
               f"load average at start {load:.2f}\n")
         print(table(results))

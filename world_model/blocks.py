@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.cpu import cpu_choices
+
 # diffusers builds every ResnetBlock2D / mid-block GroupNorm with eps 1e-6; the cross-attention norms are
 # plain GroupNorm (eps 1e-5). Both matter for reproducing published checkpoints.
 RESNET_EPS = 1e-6
@@ -28,8 +30,9 @@ class GroupNorm(nn.GroupNorm):
     On CPU, group norm of a channels-last bf16 map of at most 16x16 positions runs several times slower than
     on the same map in channels-first layout, even counting both layout copies (float32 and larger maps have
     no such gap; measurements in ``docs/imagination.md``). Those maps are normalised in channels-first layout
-    and handed back channels-last, so the convolutions around them keep their layout. Compiled code is left
-    alone: inductor writes its own norm kernels.
+    and handed back channels-last, so the convolutions around them keep their layout, where
+    ``core.cpu.cpu_choices().groupnorm_detour`` says so for the CPU. Compiled code is left alone: inductor
+    writes its own norm kernels.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +46,8 @@ def _slow_norm_layout(x: torch.Tensor) -> bool:
     return (not torch.compiler.is_compiling()  # inductor generates its own norm kernels
             and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.bfloat16
             and x.shape[2] * x.shape[3] <= SLOW_CHANNELS_LAST_NORM_POSITIONS
-            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and cpu_choices().groupnorm_detour)
 
 
 class ResnetBlock(nn.Module):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.cpu import cpu_choices
 from world_model.blocks import GroupNorm
 
 CROSS_ATTENTION_HEADS = 4
@@ -107,14 +108,15 @@ class CrossAttention(nn.Module):
 def context_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Attention without dropout of queries ``(B, heads, L, d)`` to context keys/values ``(B, heads, S, d)``.
 
-    bf16 on a CPU (inference only): two bf16 matrix products around a softmax of the bf16 scores, faster
-    there than SDPA for the decoder's short key sequences, with decoded frames as far from a float32 decode
-    as SDPA's. The gain needs the intermediate tensors served from reused memory
-    (``core.runtime.configure_malloc``); with glibc's default settings a whole decode is slower than with SDPA
-    (measurements in ``docs/imagination.md``). Everywhere else (float32, where the flash kernel is faster, and
-    CUDA) it is SDPA.
+    bf16 on a CPU with bf16 instructions (inference only; ``core.cpu.cpu_choices().context_attention``): two
+    bf16 matrix products around a softmax of the bf16 scores, faster there than SDPA for the decoder's short
+    key sequences, with decoded frames as far from a float32 decode as SDPA's. The gain needs the intermediate
+    tensors served from reused memory (``core.runtime.configure_malloc``); with glibc's default settings a
+    whole decode is slower than with SDPA (measurements in ``docs/imagination.md``). Everywhere else (float32,
+    where the flash kernel is faster; a CPU that emulates bf16 matrix products; CUDA) it is SDPA.
     """
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or torch.is_grad_enabled():
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or torch.is_grad_enabled() \
+            or cpu_choices().context_attention != "matmul":
         return F.scaled_dot_product_attention(q, keys, values)
     scores = torch.matmul(q * q.shape[-1] ** -0.5, keys.transpose(-1, -2))
     return torch.matmul(scores.softmax(dim=-1), values)

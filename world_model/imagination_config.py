@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from core.cpu import cpu_choices
 from core.precision import PRECISIONS, resolve_precision
 
 Flag = bool | Literal["auto"]
@@ -39,7 +40,9 @@ class ImaginationConfig:
         cpu_chunk_rows: on a CPU, ``reset`` (context encoding, the context's decoder features, the prefill)
             and frame decoding run the batch this many rollouts at a time, so that their activations stay in
             the CPU's cache instead of streaming through memory (the token steps always run the whole batch);
-            None: the whole batch at once. On GPUs the whole batch always runs at once.
+            None: the whole batch at once; ``"auto"``: as ``core.cpu.cpu_choices`` says for this CPU (8 on a
+            CPU with bf16 instructions, the whole batch elsewhere: float32 decoding on an AVX2 CPU was slower
+            in chunks; ``docs/cpu.md``). On GPUs the whole batch always runs at once.
         compile_backend: ``torch.compile`` backend, a name or a callable (``"eager"`` traces without code
             generation: a check that the step has no graph breaks or host syncs).
     """
@@ -51,7 +54,7 @@ class ImaginationConfig:
     decoder_precision: Precision = "auto"
     prefill_precision: Precision = "auto"
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    cpu_chunk_rows: int | None = 8
+    cpu_chunk_rows: int | None | Literal["auto"] = "auto"
     compile_backend: str | Callable = "inductor"
 
     def __post_init__(self) -> None:
@@ -65,11 +68,11 @@ class ImaginationConfig:
         if not self.graph_batch_sizes or min(self.graph_batch_sizes) < 1:
             raise ValueError(f"graph_batch_sizes must be positive batch sizes, got {self.graph_batch_sizes}")
         object.__setattr__(self, "graph_batch_sizes", tuple(sorted(set(self.graph_batch_sizes))))
-        if self.cpu_chunk_rows is not None and (isinstance(self.cpu_chunk_rows, bool)
-                                                or not isinstance(self.cpu_chunk_rows, int)
-                                                or self.cpu_chunk_rows < 1):
-            raise ValueError("ImaginationConfig.cpu_chunk_rows must be a positive number of rollouts or None "
-                             f"(the whole batch), got {self.cpu_chunk_rows!r}")
+        if self.cpu_chunk_rows not in (None, "auto") and (isinstance(self.cpu_chunk_rows, bool)
+                                                          or not isinstance(self.cpu_chunk_rows, int)
+                                                          or self.cpu_chunk_rows < 1):
+            raise ValueError("ImaginationConfig.cpu_chunk_rows must be a positive number of rollouts, None "
+                             f"(the whole batch) or 'auto', got {self.cpu_chunk_rows!r}")
 
     def resolve(self, device: torch.device) -> EngineSettings:
         """What these knobs mean on ``device``; explicit CUDA graphs off CUDA are an error."""
@@ -91,9 +94,12 @@ class ImaginationConfig:
             dtype=dtype,
             decoder_dtype=resolve_precision(self.decoder_precision, device),
             prefill_dtype=resolve_precision(self.prefill_precision, device, fallback=dtype),
-            chunk_rows=self.cpu_chunk_rows if device.type == "cpu" else None,
+            chunk_rows=self._chunk_rows() if device.type == "cpu" else None,
             compile_decoder=(use_compile and cuda) if self.compile_decoder == "auto" else bool(self.compile_decoder),
         )
+
+    def _chunk_rows(self) -> int | None:
+        return cpu_choices().chunk_rows if self.cpu_chunk_rows == "auto" else self.cpu_chunk_rows  # type: ignore
 
 
 @dataclass(frozen=True)

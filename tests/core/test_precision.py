@@ -18,8 +18,8 @@ from core.precision import (
 def test_native_bf16_cpu_is_read_from_the_cpu_flags(tmp_path, flags, expected):
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n")
-    assert cpu_has_native_bf16.__wrapped__(str(info)) is expected
-    assert cpu_has_native_bf16.__wrapped__(str(tmp_path / "missing")) is False
+    assert cpu_has_native_bf16(str(info)) is expected
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
 
 
 def test_environment_forces_the_cpu_answer_and_autocast_follows(monkeypatch):
@@ -59,3 +59,15 @@ def test_precision_settings_resolve_per_device_and_autocast_to_them(monkeypatch)
             assert (x @ x).dtype == torch.bfloat16
     with autocast_to(cpu, torch.float32):
         assert (x @ x).dtype == torch.float32
+
+
+def test_the_bf16_answer_comes_from_the_one_cpu_detection(monkeypatch):
+    from core import cpu
+
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
+    for text, native in (("flags\t: avx2 avx512f avx512_bf16\n", True), ("flags\t: avx2\n", False)):
+        monkeypatch.setattr(cpu, "detect", lambda cpuinfo="/proc/cpuinfo", text=text: cpu.parse_cpuinfo(text))
+        assert native_bf16(torch.device("cpu")) is native
+        assert resolve_precision("auto", torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "1")  # the override still wins
+    assert native_bf16(torch.device("cpu"))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from core.cpu import cpu_choices
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "experiments" / "bench_imagination.py"
@@ -60,5 +63,22 @@ def test_bench_passes_the_engine_settings_it_is_given():
     report = json.loads(out.stdout)
     assert report["machine"]["engine_precision"].startswith("transformer bfloat16")
     assert report["machine"]["engine_compiled"] is False and report["machine"]["engine_decoder_compiled"] is False
-    assert report["machine"]["engine_chunk_rows"] == 8  # ImaginationConfig's CPU default
+    assert report["machine"]["engine_chunk_rows"] == cpu_choices().chunk_rows  # "auto": the CPU's choice
+    assert report["machine"]["cpu"]["choices"] == cpu_choices().as_dict()
+    assert set(report["machine"]["cpu"]["isa"]) == {"avx2", "avx512", "avx512_bf16", "amx"}
     assert report["rows"][0]["engine_tps"] > 0
+
+
+def test_table_names_the_cpu_and_an_emulated_cap():
+    """The table's first lines: the CPU, its instruction sets, the caps set to emulate an older one, the
+    choices made (here for an AVX2 CPU: float32, the whole batch at once)."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--preset", "tiny", "--batches", "1", "--horizon", "1", "--repeats", "1",
+         "--threads", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=True, env={**os.environ, "IVG_CPU_ISA": "avx2"},
+    )
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("cpu ") and "avx2; no avx512 avx512_bf16 amx" in lines[0]
+    assert "EMULATED: IVG_CPU_ISA=avx2" in lines[0]
+    assert lines[1].startswith("cpu choices: bf16 off, chunk_rows whole batch, context_attention sdpa")
+    assert "tokenizer float32 (eager, reset and decoding on the whole batch)" in out.stdout

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from core.cpu import cpu_choices
 from core.precision import native_bf16
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +23,7 @@ def test_bench_times_both_forms_of_every_upsampler():
         cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
     )
     report = json.loads(out.stdout)
+    assert report["cpu"]["choices"] == cpu_choices().as_dict()
     dtypes = ["float32", "bfloat16"] if native_bf16(torch.device("cpu")) else ["float32"]
     # the tiny decoder upsamples twice: 64 channels 16 -> 32, then 32 channels 32 -> 64
     assert [(r["channels"], r["input"], r["batch"], r["dtype"]) for r in report["rows"]] == [

@@ -3,6 +3,7 @@ import pytest
 import torch
 from helpers import checkpoint_folder, engine_rollout, reference_rollout, tiny_contexts
 
+from core import cpu as core_cpu
 from world_model.imagination import Imaginer
 from world_model.imagination_config import EngineSettings, ImaginationConfig
 from world_model.imagination_steps import no_capture, pad_rows, padded_batch_size, row_chunks
@@ -267,10 +268,33 @@ def test_bfloat16_prefill_fills_a_float32_cache_closely(models, contexts):
 
 
 # ----------------------------------------------------------------------------------- settings
+def inject_cpu(monkeypatch, flags: str) -> None:
+    """Make the one CPU detection (``core.cpu.detect``) answer a CPU with these flags."""
+    info = core_cpu.parse_cpuinfo(f"model name\t: injected\nflags\t: {flags}\n")
+    monkeypatch.setattr(core_cpu, "detect", lambda cpuinfo="/proc/cpuinfo": info)
+    monkeypatch.delenv("IVG_CPU_BF16", raising=False)
+
+
+@pytest.mark.parametrize("flags, bf16_cpu", [("avx avx2 fma", False), ("avx2 avx512f avx512bw", False),
+                                              ("avx2 avx512f avx512_bf16", True), ("avx2 amx_tile amx_bf16", True)])
+def test_auto_settings_follow_the_cpu(monkeypatch, flags, bf16_cpu):
+    """Per kind of CPU (injected flags): bf16 tokenizer and prefill and 8-row chunks on a bf16 CPU; float32
+    and the whole batch at once elsewhere (float32 decoding was slower in chunks there); token steps float32."""
+    inject_cpu(monkeypatch, flags)
+    f32, bf16 = torch.float32, torch.bfloat16
+    want = EngineSettings(False, False, f32, bf16, bf16, 8) if bf16_cpu else EngineSettings(False, False, f32, f32,
+                                                                                            f32, None)
+    assert ImaginationConfig().resolve(torch.device("cpu")) == want
+    assert ImaginationConfig(cpu_chunk_rows=4).resolve(torch.device("cpu")).chunk_rows == 4  # explicit wins
+    assert ImaginationConfig(compile=True).resolve(torch.device("cpu")).dtype == (bf16 if bf16_cpu else f32)
+
+
 def test_config_resolution_and_errors(models, contexts, monkeypatch):
     cpu = torch.device("cpu")
     f32, bf16 = torch.float32, torch.bfloat16
-    assert ImaginationConfig().resolve(cpu) == EngineSettings(False, False, f32, f32, f32, 8)  # IVG_CPU_BF16=0
+    inject_cpu(monkeypatch, "avx2 avx512f avx512_bf16")
+    monkeypatch.setenv("IVG_CPU_BF16", "0")
+    assert ImaginationConfig().resolve(cpu) == EngineSettings(False, False, f32, f32, f32, 8)
     monkeypatch.setenv("IVG_CPU_BF16", "1")  # a CPU with bf16 instructions: bf16 convolutions and prefill
     assert ImaginationConfig().resolve(cpu) == EngineSettings(False, False, f32, bf16, bf16, 8)
     assert ImaginationConfig(cpu_chunk_rows=None).resolve(cpu).chunk_rows is None
@@ -299,7 +323,7 @@ def test_config_resolution_and_errors(models, contexts, monkeypatch):
         ImaginationConfig(decoder_precision="half")
     with pytest.raises(ValueError, match="prefill_precision"):
         ImaginationConfig(prefill_precision="fp8")
-    for rows in (0, 2.5, True):
+    for rows in (0, 2.5, True, "all"):
         with pytest.raises(ValueError, match="cpu_chunk_rows"):
             ImaginationConfig(cpu_chunk_rows=rows)
     model, (context, actions) = models["heads"], contexts

@@ -381,3 +381,22 @@ def test_context_attention_matches_sdpa():
     out = context_attention(q, k, v)
     out.sum().backward()
     assert q.grad is not None and torch.equal(out.detach(), want)
+
+
+@pytest.mark.parametrize("flags, matmul", [("avx2 avx512f avx512_bf16", True), ("avx2 amx_bf16", True),
+                                           ("avx2 avx512f", False), ("avx2", False)])
+def test_context_attention_kernel_follows_the_cpu(monkeypatch, flags, matmul):
+    """bf16 matrix products only where the CPU has bf16 instructions (elsewhere oneDNN emulates them, many
+    times slower than SDPA); injected CPU flags, not the test machine's."""
+    from core import cpu
+
+    info = cpu.parse_cpuinfo(f"flags\t: {flags}\n")
+    monkeypatch.setattr(cpu, "detect", lambda cpuinfo="/proc/cpuinfo": info)
+    calls = []
+    sdpa = nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    q, k, v = (torch.randn(1, 4, n, 8, dtype=torch.bfloat16) for n in (6, 10, 10))
+    with torch.no_grad():
+        context_attention(q, k, v)
+    assert (not calls) == matmul

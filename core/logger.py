@@ -238,15 +238,16 @@ def config_changes(run_dir: str | Path, record: Mapping[str, Any], ignore: tuple
             if key not in ignore and before.get(key, missing) != after.get(key, missing)]
 
 
-def resume_checked(run_dir: str | Path, record: Mapping[str, Any], load: Callable[[], None]) -> None:
+def resume_checked(run_dir: str | Path, record: Mapping[str, Any], load: Callable[[], None],
+                   say: Callable[[str], object] = tqdm.write) -> None:
     """Run ``load`` (a trainer restoring its checkpoint) for a resumed launch with config ``record``.
 
-    Prints the settings that changed since the run started (``config_changes``). A checkpoint that does not
-    load (a model built differently, say) becomes one ``ValueError`` that names those settings.
+    Prints (``say``) the settings that changed since the run started (``config_changes``). A checkpoint that
+    does not load (a model built differently, say) becomes one ``ValueError`` that names those settings.
     """
     changes = config_changes(run_dir, record)
     if changes:
-        tqdm.write("resuming with changed settings: " + "; ".join(changes))
+        say("resuming with changed settings: " + "; ".join(changes))
     try:
         load()
     except (ValueError, RuntimeError, KeyError) as err:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from agents.drqv2 import DrQV2Agent
 from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, should_resume
+from core.cpu import report_lines as cpu_report_lines
 from core.logger import Logger, config_changes, resume_checked, resume_error
 from core.precision import dtype_name
 from core.runtime import Timer, configure_malloc, configure_threads, derive_seed, pick_device, set_seed
@@ -137,6 +138,7 @@ class Trainer:
         updates_due = Ratio(cfg.agent.updates_per_step)
         # Updates need both the exploration phase done and a full n-step window in the replay.
         learning_starts = max(cfg.agent.num_expl_steps, cfg.agent.nstep)
+        tqdm.write(cpu_report_lines())  # the CPU, its instruction sets and the kernel choices made from them
         if self.agent.encoder_dtype != torch.float32:
             tqdm.write(f"DrQ-v2 encoder convolutions in {dtype_name(self.agent.encoder_dtype)} "
                        f"(agent.encoder_precision={cfg.agent.encoder_precision}; float32 is the paper's setting)")

@@ -148,7 +148,7 @@ class DDPLoss:
             # find_unused_parameters: a part's loss may leave heads unused (no rewards, action-free data)
             self.ddp = nn.parallel.DistributedDataParallel(
                 _LossModule(module, loss), device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=True, broadcast_buffers=False)
+                find_unused_parameters=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.loss(*args, **kwargs) if self.ddp is None else self.ddp(*args, **kwargs)

@@ -13,6 +13,8 @@ first T0 frames are context.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,12 +151,29 @@ class TrainablePart:
             group["lr"] = lr * factor(schedule.last_epoch)
 
 
+def micro_batches(batch: SegmentBatch, count: int) -> list[SegmentBatch]:
+    """``batch`` split into ``count`` consecutive chunks along the batch dimension (sizes differ by at most one).
+
+    Raises:
+        ValueError: ``count`` is not in [1, B].
+    """
+    size = batch.frames.shape[0]
+    if not 1 <= count <= size:
+        raise ValueError(f"grad_accumulation={count} must be in [1, {size}] (the batch size)")
+    bounds = [round(i * size / count) for i in range(count + 1)]
+    return [SegmentBatch(*(None if t is None else t[a:b] for t in (batch.frames, batch.actions, batch.rewards)))
+            for a, b in itertools.pairwise(bounds)]
+
+
 def update(part: TrainablePart, batch: SegmentBatch, device: torch.device,
-           mixed_precision: bool = True) -> dict[str, float]:
+           mixed_precision: bool = True, accumulation: int = 1) -> dict[str, float]:
     """One optimizer step of ``part`` on ``batch`` (already on ``device``).
 
     Mode (``part.train_mode``) and bf16 autocast where native (``core.precision``) around the loss; then
-    backward, gradient clipping, the optimizer step, the schedule step.
+    backward, gradient clipping, the optimizer step, the schedule step. With ``accumulation`` > 1 the batch
+    runs as that many micro-batches whose gradients add up (each loss weighted by its share of the rows), so
+    the step equals the one on the whole batch while activations take a fraction of the memory; under
+    data parallelism (``world_model.distributed.DDPLoss``) only the last micro-batch synchronises gradients.
 
     Args:
         part: the part to train.
@@ -162,14 +181,28 @@ def update(part: TrainablePart, batch: SegmentBatch, device: torch.device,
             them, on ``device``.
         device: the model's device (it picks the autocast).
         mixed_precision: bf16 autocast where native; False: float32.
+        accumulation: micro-batches per step.
 
     Returns:
-        ``<name>/loss``, ``<name>/<sub-loss>`` for each named sub-loss and each ``after_step`` value,
-        ``<name>/grad_norm`` (before clipping) and ``<name>/lr`` (the rate this step used).
+        ``<name>/loss``, ``<name>/<sub-loss>`` for each named sub-loss (means over the micro-batches, weighted by
+        rows) and each ``after_step`` value, ``<name>/grad_norm`` (before clipping) and ``<name>/lr`` (the rate
+        this step used).
     """
-    with module_mode(part.train_mode, part.module), autocast(device, mixed_precision):
-        loss, terms = part.loss(batch)
-    loss.backward()
+    chunks = micro_batches(batch, accumulation) if accumulation > 1 else [batch]
+    rows = batch.frames.shape[0]
+    loss_sum, term_sums = None, {}
+    for index, chunk in enumerate(chunks):
+        weight = chunk.frames.shape[0] / rows
+        last = index == len(chunks) - 1
+        no_sync = getattr(part.loss, "no_sync", None)
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            with module_mode(part.train_mode, part.module), autocast(device, mixed_precision):
+                loss, terms = part.loss(chunk)
+            (loss * weight).backward() if len(chunks) > 1 else loss.backward()
+        loss_sum = loss.detach() * weight if loss_sum is None else loss_sum + loss.detach() * weight
+        for name, value in terms.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value.detach().float() * weight
+    loss, terms = loss_sum, term_sums
     clip = part.grad_clip if part.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(part.parameters(), clip)
     part.optimizer.step()
@@ -177,8 +210,8 @@ def update(part: TrainablePart, batch: SegmentBatch, device: torch.device,
     if part.after_step is not None:
         terms = {**terms, **part.after_step()}
     # one host sync for all values
-    values = torch.stack([loss.detach().float(), grad_norm.float(),
-                          *(t.detach().float().to(loss.device) for t in terms.values())]).tolist()
+    values = torch.stack([loss.float(), grad_norm.float(),
+                          *(torch.as_tensor(t).detach().float().to(loss.device) for t in terms.values())]).tolist()
     metrics = {f"{part.name}/loss": values[0], f"{part.name}/grad_norm": values[1]}
     metrics.update({f"{part.name}/{name}": v for name, v in zip(terms, values[2:])})
     metrics[f"{part.name}/lr"] = part.optimizer.param_groups[0]["lr"]

@@ -14,6 +14,7 @@ from core.config import coerce_ints
 from core.logger import WandbConfig
 from core.runtime import check_malloc
 from core.schedule import Cadence
+from world_model.data.goal import GOAL_CONTEXT_FRAMES
 from world_model.training import OptimConfig
 
 PRETRAIN_TOKENIZER_LR, FINETUNE_TOKENIZER_LR = 5e-4, 1e-4  # the official tokenizer scripts
@@ -38,6 +39,7 @@ class PartConfig:
     restart_dead_codes: bool | str = _AUTO  # dead codes set to latents of the batch; auto: from scratch only
     codebook_init: str = _AUTO  # uniform (as built) | data (codes set to first-batch latents); auto: data from scratch
     codebook_lr_scale: float = 1.0  # the codebooks' rate as a multiple of lr
+    random_order: int = 0  # K > 0: K frames of each segment in random order (goal-conditioned fine-tuning)
     # transformer only
     warmup_steps: int | str = _AUTO
     weight_decay: float = 0.01
@@ -81,6 +83,8 @@ class WorldModelTrainConfig:
     batch_size: int = 16
     segment_length: int = 12
     context_frames: int | None = 2
+    goal_conditioned: bool = False  # segments [o_T, o_1, ..., o_T]: the goal, then the first frame (T0 = 2)
+    grad_accumulation: int = 1  # micro-batches per step (same step, a fraction of the activation memory)
     grad_clip: float = 1.0
     mixed_precision: bool = True
     eval_every: int = 1000
@@ -99,14 +103,27 @@ class WorldModelTrainConfig:
 
     def __post_init__(self) -> None:
         coerce_ints(self, ("steps", "batch_size", "segment_length", "eval_every", "eval_segments",
-                           "checkpoint_every", "log_every"))
+                           "checkpoint_every", "log_every", "grad_accumulation"))
         for name, part in (("tokenizer", self.tokenizer), ("transformer", self.transformer)):
-            coerce_ints(part, ("every", "start", "max_target_frames", "codebook_window"), prefix=f"{name}.")
+            coerce_ints(part, ("every", "start", "max_target_frames", "codebook_window", "random_order"),
+                        prefix=f"{name}.")
             if part.every < 0 or part.start < 0:
                 raise ValueError(f"{name}.every={part.every} and {name}.start={part.start} must be >= 0")
         for name in ("steps", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not 1 <= self.grad_accumulation <= self.batch_size:
+            raise ValueError(f"grad_accumulation={self.grad_accumulation} must be in [1, batch_size="
+                             f"{self.batch_size}]")
+        order = self.tokenizer.random_order
+        if order and not (self.context_frames or 0) < order <= self.segment_length:
+            raise ValueError(f"tokenizer.random_order={order} must exceed context_frames={self.context_frames} "
+                             f"and be at most segment_length={self.segment_length}; 0 turns it off")
+        if self.goal_conditioned and (self.context_frames != GOAL_CONTEXT_FRAMES
+                                      or True in (self.action_conditioned, self.reward_head)):
+            raise ValueError(f"goal_conditioned=true trains on [goal, first frame, ...] with context_frames="
+                             f"{GOAL_CONTEXT_FRAMES}, action- and reward-free; set context_frames="
+                             f"{GOAL_CONTEXT_FRAMES} and leave action_conditioned and reward_head at auto or false")
         for name in ("batch_size", "log_every", "eval_segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -174,12 +191,6 @@ class WorldModelTrainConfig:
 
     @property
     def warmup_steps(self) -> int:
-        if self.tokenizer.restart_dead_codes not in (_AUTO, True, False):
-            raise ValueError(f"tokenizer.restart_dead_codes={self.tokenizer.restart_dead_codes!r} must be auto, "
-                             "true or false")
-        if self.tokenizer.codebook_init not in (_AUTO, "uniform", "data"):
-            raise ValueError(f"tokenizer.codebook_init={self.tokenizer.codebook_init!r} must be auto, uniform or "
-                             "data")
         if self.transformer.warmup_steps != _AUTO:
             return int(self.transformer.warmup_steps)
         return min(MAX_WARMUP_STEPS, int(WARMUP_FRACTION * self.transformer.updates_in(self.steps)))
@@ -196,10 +207,16 @@ class WorldModelTrainConfig:
             restart_dead_codes=self.restart_dead_codes, codebook_init=self.codebook_init,
             codebook_lr_scale=self.tokenizer.codebook_lr_scale)
 
-    def plan(self) -> list[str]:
-        """The global batch and each part's cadence and learning-rate schedule, as lines for the log's head."""
-        batch = (f"global batch: {self.batch_size} segments x {self.segment_length} frames = "
-                 f"{self.batch_size * self.segment_length} frames per step, {self.steps} steps")
+    def plan(self, processes: int = 1) -> list[str]:
+        """The global batch (over `processes` data-parallel processes) and each part's cadence and learning-rate
+        schedule, as lines for the log's head."""
+        segments = self.batch_size * processes
+        split = [f"{processes} processes x {self.batch_size}"] if processes > 1 else []
+        if self.grad_accumulation > 1:
+            split.append(f"{self.grad_accumulation} micro-batches per process")
+        batch = (f"global batch: {segments} segments" + (f" ({', '.join(split)})" if split else "")
+                 + f" x {self.segment_length} frames = {segments * self.segment_length} frames per step, "
+                 f"{self.steps} steps")
         lines = [batch]
         for name, part in (("tokenizer", self.tokenizer), ("transformer", self.transformer)):
             updates = part.updates_in(self.steps)

@@ -11,8 +11,6 @@ taken at frame k, ``rewards[:, k]`` of the transition out of frame k). The first
   a copy-last-frame baseline (:func:`evaluate_open_loop`), and teacher-forced losses.
 - ``world_model.build``: :func:`build_model`, the one way to build a model to train.
 
-The names other modules import from here (``build_model``, ``evaluate_open_loop``, ``OpenLoop``, ``psnr``,
-``to_unit``, ...) stay importable from this module.
 """
 from __future__ import annotations
 
@@ -23,28 +21,17 @@ import torch
 from torch import nn
 
 from core.batch import SegmentBatch
-from core.precision import autocast
-from world_model.build import build_model
 from world_model.codebook import CodebookMonitor, CodebookOptions
-from world_model.evaluation import OpenLoop, evaluate_open_loop, psnr, teacher_forced_losses
+from world_model.distributed import DDPLoss, Distributed
+from world_model.evaluation import OpenLoop, evaluate_open_loop, teacher_forced_losses
 from world_model.model import IVideoGPT
 from world_model.parts import (
     TrainablePart,
-    cosine_schedule,
     model_device,
-    to_unit,
-    tokenizer_optimizer,
     tokenizer_part,
-    transformer_optimizer,
     transformer_part,
     update,
 )
-
-__all__ = [
-    "OpenLoop", "OptimConfig", "TrainablePart", "WorldModelTrainer", "autocast", "build_model", "cosine_schedule",
-    "evaluate_open_loop", "model_device", "psnr", "teacher_forced_losses", "to_unit", "tokenizer_optimizer",
-    "transformer_optimizer", "update",
-]
 
 
 @dataclass
@@ -119,10 +106,14 @@ class WorldModelTrainer:
         model: the world model, already on its device.
         cfg: optimizer settings; ``freeze_codebooks`` is applied before the tokenizer optimizer is built.
         perceptual: LPIPS module for the tokenizer loss (moved to the model's device), or None.
+        distributed: this process's place in a ``torchrun`` job: in a world of more than one, each part's
+            loss runs through ``DistributedDataParallel`` (gradients averaged over ranks); None: one process.
+        accumulation: micro-batches per update (gradient accumulation, ``world_model.parts.update``).
     """
 
-    def __init__(self, model: IVideoGPT, cfg: OptimConfig, perceptual: nn.Module | None = None) -> None:
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: IVideoGPT, cfg: OptimConfig, perceptual: nn.Module | None = None,
+                 distributed: Distributed | None = None, accumulation: int = 1) -> None:
+        self.model, self.cfg, self.accumulation = model, cfg, accumulation
         self.device = model_device(model)
         self.perceptual = None if perceptual is None else perceptual.to(self.device)
         tokenizer = tokenizer_part(model, cfg.tokenizer_lr, cfg.betas, freeze_codebooks=cfg.freeze_codebooks,
@@ -133,6 +124,9 @@ class WorldModelTrainer:
                                        warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
                                        grad_clip=cfg.grad_clip)
         self.parts: dict[str, TrainablePart] = {part.name: part for part in (tokenizer, transformer)}
+        if distributed is not None and distributed.enabled:
+            for part in self.parts.values():
+                part.loss = DDPLoss(part.module, part.loss, distributed)
 
     # ------------------------------------------------------------------------------------- updates
     def update(self, name: str, batch: SegmentBatch) -> dict[str, float]:
@@ -150,7 +144,8 @@ class WorldModelTrainer:
             ``<name>/lr`` (the rate this step used).
         """
         part = self.parts[name]
-        return update(part, batch.to(self.device, non_blocking=True), self.device, self.cfg.mixed_precision)
+        return update(part, batch.to(self.device, non_blocking=True), self.device, self.cfg.mixed_precision,
+                      self.accumulation)
 
     def update_tokenizer(self, batch: SegmentBatch) -> dict[str, float]:
         """One tokenizer step (:meth:`update`)."""

@@ -61,3 +61,44 @@ def test_a_goal_conditioned_model_masks_the_goal_and_the_first_frame_and_rolls_o
     model.reset(start, goal=goal, horizon=3, generator=torch.Generator().manual_seed(0))
     frames, _ = model.step(None)
     assert frames.shape == (3, 3, 16, 16)
+
+
+@pytest.mark.slow
+def test_world_model_train_goal_conditioned_cli(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from world_model.model import IVideoGPT
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 2)):
+        (tmp_path / split).mkdir()
+        for i in range(count):
+            np.savez_compressed(tmp_path / split / f"episode_{i}.npz",
+                                image=rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+                                action=rng.uniform(-1, 1, (8, 4)).astype(np.float32),
+                                reward=rng.uniform(0, 1, 8).astype(np.float32))
+    out = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[2]
+    overrides = ["+tokenizer_overrides.block_out_channels=[16,32]", "+tokenizer_overrides.norm_num_groups=8",
+                 "+tokenizer_overrides.latent_channels=16", "+tokenizer_overrides.patch_size=2",
+                 "+transformer_overrides.hidden_size=64", "+transformer_overrides.num_hidden_layers=2",
+                 "+transformer_overrides.intermediate_size=128"]
+    result = subprocess.run(
+        [sys.executable, "-m", "world_model.train", f"data={tmp_path / 'train'}", f"val_data={tmp_path / 'val'}",
+         f"out={out}", "steps=2", "batch_size=2", "segment_length=5", "eval_every=2", "eval_segments=2",
+         "num_threads=1", "wandb.mode=disabled", "goal_conditioned=true", "tokenizer.random_order=4",
+         "attention_dropout=0.0", "tokenizer.dropout=false", *overrides],
+        cwd=repo, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, capture_output=True, text=True, timeout=300,
+        check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = IVideoGPT.from_pretrained(out / "checkpoint")
+    # the data have actions and rewards, but a goal-conditioned model uses neither
+    assert model.context_frames == GOAL_CONTEXT_FRAMES and model.action_dim is None and not model.has_reward_head
+    assert "| eval | step 2 |" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "world_model.train", f"data={tmp_path / 'train'}",
+                          f"out={tmp_path / 'bad'}", "goal_conditioned=true", "action_conditioned=true"],
+                         cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and "goal_conditioned=true trains on [goal, first frame" in bad.stderr

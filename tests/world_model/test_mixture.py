@@ -145,7 +145,7 @@ def test_load_data_picks_the_loader_and_yaml_groups_share_weight(tmp_path):
     mix = load_data(file, 4)
     assert isinstance(mix, MixtureDataset) and np.allclose(mix.weights, [0.5, 0.25, 0.25])
     assert mix.sample(2).frames.shape == (2, 4, 3, 8, 8)
-    with pytest.raises(FileNotFoundError, match="neither a folder"):
+    with pytest.raises(ValueError, match="no .npz episodes under .*missing; record some"):
         load_data(tmp_path / "missing", 4)
 
 

@@ -149,7 +149,8 @@ def test_load_data_picks_the_loader_and_yaml_groups_share_weight(tmp_path):
         load_data(tmp_path / "missing", 4)
 
 
-@pytest.mark.parametrize("name", ["oxe_select.yaml", "oxe_select_sthsth.yaml", "two_datasets.yaml"])
+@pytest.mark.parametrize("name", ["oxe_select.yaml", "oxe_select_sthsth.yaml", "two_datasets.yaml",
+                                  "metaworld50.yaml"])
 def test_shipped_mixture_configs_name_known_formats(name):
     spec = yaml.safe_load((CONFIGS / name).read_text())
     entries = _flatten(spec["datasets"], name)
@@ -163,6 +164,11 @@ def test_shipped_mixture_configs_name_known_formats(name):
         assert weights["language_table"] == pytest.approx(0.05 * scale)
         assert len(entries) == 38 + ("sthsth" in name)
         assert weights.get("something_something_v2", 0.15) == pytest.approx(0.15)
+    if name == "metaworld50.yaml":  # one folder per task, as `mbrl.collect tasks=all` writes them
+        from mbrl.envs import TASKS
+
+        assert [Path(path).name for _, path, _ in entries] == list(TASKS)
+        assert {w for _, _, w in entries} == {1}
 
 
 # ----------------------------------------------------------------------------------- augmentation

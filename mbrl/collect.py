@@ -36,11 +36,11 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_type_hints
 
 import numpy as np
 from tqdm import tqdm
 
+from core.config import parse_key_values
 from core.io import atomic_write
 from core.runtime import derive_seed
 from mbrl.demos import scripted_episode
@@ -83,16 +83,9 @@ class CollectConfig:
         return Path(self.out) / task if self.tasks else Path(self.out)
 
     def env_config(self, task: str | None = None) -> EnvConfig:
-        return EnvConfig(
-            task=task or self.task,
-            seed=self.seed,
-            image_size=self.image_size,
-            camera=self.camera,
-            action_repeat=self.action_repeat,
-            episode_length=self.episode_length,
-            success_bonus=self.success_bonus,
-            render_quality=self.render_quality,
-        )
+        """The recording env: the settings this config shares with `EnvConfig`, for `task` (default `task`)."""
+        shared = {f.name for f in dataclasses.fields(EnvConfig)} & {f.name for f in dataclasses.fields(self)}
+        return EnvConfig(**{**{name: getattr(self, name) for name in shared}, "task": task or self.task})
 
     def recorded_settings(self) -> dict[str, object]:
         """The settings that determine the data (not `out`, `episodes` or `workers`)."""
@@ -101,17 +94,7 @@ class CollectConfig:
 
 def parse_args(argv: list[str]) -> CollectConfig:
     """`["task=door_open", "episodes=5", ...]` -> `CollectConfig` (values converted to the field types)."""
-    types = get_type_hints(CollectConfig)
-    values: dict[str, object] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("-")
-        if not sep or key not in types:
-            raise ValueError(f"expected key=value with key in {sorted(types)}, got {arg!r}")
-        try:
-            values[key] = types[key](value)
-        except ValueError:
-            raise ValueError(f"{key}={value!r} is not a valid {types[key].__name__}") from None
+    values = parse_key_values(CollectConfig, argv)
     cfg = CollectConfig(**values)
     if not cfg.out:
         raise ValueError("missing out=FOLDER (where the episode .npz files go)")

@@ -118,7 +118,7 @@ def main(cfg: DictConfig) -> None:
         print(note, file=sys.stderr)
     try:
         train = prepare(cfg, run_dir)
-    except (ValueError, ImportError) as err:  # a bad setting or a missing extra: one line, no traceback
+    except (ValueError, FileNotFoundError, ImportError) as err:  # a bad setting, file or extra: one line
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     save_run_info(run_dir, OmegaConf.to_yaml(cfg, resolve=True), REPO_ROOT)

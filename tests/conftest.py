@@ -20,7 +20,7 @@ torch.set_num_threads(int(os.environ.get("IVG_TEST_THREADS", "1")))
 os.environ.setdefault("IVG_CPU_BF16", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("IVG_SHARED", REPO_ROOT.parent / "shared"))
+SHARED = Path(os.environ.get("IVG_SHARED", REPO_ROOT.parent / "shared"))  # as tests/helpers.SHARED
 TINY_CHECKPOINT = SHARED / "reference" / "ivideogpt" / "tiny"
 
 

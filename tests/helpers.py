@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from world_model.transformer import KVCache, WorldModelTransformer
 
 REPO = Path(__file__).resolve().parents[1]
+# ../shared beside the repository (CI has it there too), or the folder IVG_SHARED names
+SHARED = Path(os.environ.get("IVG_SHARED", REPO.parent / "shared"))
 
 
 def wandb_record(run_dir: Path, expected: bytes, wait_s: float = 60.0) -> bytes:

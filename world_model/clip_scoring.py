@@ -8,14 +8,12 @@ and once over the predicted frames only.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from core.precision import PRECISIONS
 from core.runtime import derive_seed
@@ -24,14 +22,27 @@ from world_model.fvd import I3DFeatures
 from world_model.imagination_config import ImaginationConfig
 from world_model.lpips import LPIPS
 from world_model.model import (
-    TOKENIZER_DIR,
-    TRANSFORMER_CONFIG,
-    TRANSFORMER_DIR,
-    TRANSFORMER_WEIGHTS,
     IVideoGPT,
 )
-from world_model.tokenizer_config import CONFIG_NAME as TOKENIZER_CONFIG
-from world_model.tokenizer_config import WEIGHTS_NAME as TOKENIZER_WEIGHTS
+
+
+@dataclass
+class SamplingSettings:
+    """What `world_model.evaluate` and `world_model.predict` both take: the checkpoint, the data's format, how
+    the samples are drawn, and where they run (``key=value`` on their command lines)."""
+
+    checkpoint: str = ""
+    dataset: str = ""
+    context_frames: str = "auto"
+    samples: int = 5
+    action_conditioned: str = "auto"  # auto: as the checkpoint | true | false
+    temperature: float = 1.0
+    top_k: int = 100
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # the imagination engine's (core.precision)
+    num_threads: str = "auto"
+
 
 #: metric -> higher is better; SSIM and LPIPS are reported x100 as in the paper.
 METRICS: dict[str, bool] = {"psnr": True, "ssim": True, "lpips": False, "mse": False}
@@ -55,22 +66,6 @@ def load_checked_model(path: str | Path, device: torch.device, precision: str = 
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint folder {root} does not exist; pass checkpoint=DIR in the published "
                                 "layout (tokenizer/ + transformer/)")
-    for folder, config, weights in ((TOKENIZER_DIR, TOKENIZER_CONFIG, TOKENIZER_WEIGHTS),
-                                    (TRANSFORMER_DIR, TRANSFORMER_CONFIG, TRANSFORMER_WEIGHTS)):
-        config_file, weights_file = root / folder / config, root / folder / weights
-        for file in (config_file, weights_file):
-            if not file.is_file():
-                raise FileNotFoundError(f"{file} is missing; a checkpoint folder holds tokenizer/ and transformer/ "
-                                        "with config.json and safetensors weights")
-        try:
-            json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{config_file} is damaged (not JSON: {err}); restore the checkpoint") from err
-        try:
-            with safe_open(str(weights_file), framework="pt") as f:
-                f.keys()
-        except Exception as err:  # safetensors raises its own error type for a bad header or a short file
-            raise ValueError(f"{weights_file} is damaged ({err}); restore or re-download the checkpoint") from err
     engine = ImaginationConfig(precision=precision, decoder_precision=precision, prefill_precision=precision)
     return IVideoGPT.from_pretrained(root, imagination=engine).to(device).eval()
 

@@ -16,7 +16,6 @@ without them LPIPS is skipped), ``split=held_out|all``, ``temperature=1.0``, ``t
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -27,10 +26,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.config import parse_key_values
 from core.io import atomic_write
 from core.precision import PRECISIONS
 from core.runtime import configure_threads, pick_device
-from world_model.clip_scoring import METRICS, ClipScorer, load_checked_model
+from world_model.clip_scoring import METRICS, ClipScorer, SamplingSettings, load_checked_model
 from world_model.data.formats import DatasetFormat, get_format, held_out_files, load_clip
 from world_model.eval_outputs import (
     append_rows,
@@ -50,32 +50,23 @@ I3D_BATCH = 16  # videos per I3D call (it resizes them to 224x224 inside)
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(SamplingSettings):
     """The settings of one evaluation (``key=value`` on the command line; ``fvd.i3d`` is ``fvd_i3d`` here)."""
 
-    checkpoint: str = ""
     data: str = ""
     out: str = ""
     dataset: str = "metaworld"
-    context_frames: str = "auto"
     segment_length: str = "auto"
     clips: str = "auto"
     samples: int = 100
     batch: int = 100
-    action_conditioned: str = "auto"
     score_context: bool = True
     fvd_i3d: str | None = None
     lpips: str | None = None
     split: str = "held_out"
-    temperature: float = 1.0
-    top_k: int = 100
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
     image_size: str = "auto"
     gif_clips: int = 4
     gif_samples: int = 3
-    num_threads: str = "auto"
     progress_bar: bool = True
 
     # settings that must match for a run to resume in the same out folder
@@ -86,26 +77,7 @@ class EvalConfig:
     @classmethod
     def from_args(cls, args: list[str]) -> EvalConfig:
         """Parse ``key=value`` arguments (one-line errors for unknown keys and bad values)."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, object] = {}
-        for arg in args:
-            key, sep, value = arg.partition("=")
-            key = key.strip().lstrip("+").replace(".", "_")
-            if not sep or key not in fields:
-                raise ValueError(f"unknown argument {arg!r}; use key=value with keys "
-                                 f"{', '.join(k.replace('fvd_i3d', 'fvd.i3d') for k in fields)}")
-            kind = str(fields[key].type)
-            if kind == "bool":
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(f"{key}={value!r} must be true or false")
-                values[key] = value.lower() in ("true", "1")
-            elif kind in ("int", "float"):
-                try:
-                    values[key] = int(value) if kind == "int" else float(value)
-                except ValueError as err:
-                    raise ValueError(f"{key}={value!r} must be a number") from err
-            else:
-                values[key] = None if value.lower() in ("null", "none", "") and kind.endswith("None") else value
+        values = parse_key_values(cls, args, dotted=("fvd.i3d",))
         config = cls(**values)
         for key in ("checkpoint", "data", "out"):
             if not getattr(config, key):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -33,6 +34,32 @@ from world_model.transformer import WorldModelTransformer
 TOKENIZER_DIR = "tokenizer"
 TRANSFORMER_DIR, TRANSFORMER_CONFIG, TRANSFORMER_WEIGHTS = "transformer", "config.json", "model.safetensors"
 LLM_PREFIX = "llm."
+
+
+def check_checkpoint_files(root: Path) -> None:
+    """One line naming a missing or damaged file of the checkpoint folder `root` (published layout), before
+    anything is loaded from it: a config that is not JSON, weights whose safetensors header does not read.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: a file is damaged.
+    """
+    for folder, config, weights in ((TOKENIZER_DIR, TOKENIZER_CONFIG, TOKENIZER_WEIGHTS),
+                                    (TRANSFORMER_DIR, TRANSFORMER_CONFIG, TRANSFORMER_WEIGHTS)):
+        config_file, weights_file = root / folder / config, root / folder / weights
+        for file in (config_file, weights_file):
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} is missing; a checkpoint folder holds tokenizer/ and transformer/ "
+                                        "with config.json and safetensors weights")
+        try:
+            json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{config_file} is damaged (not JSON: {err}); restore the checkpoint") from err
+        try:
+            with safe_open(str(weights_file), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors raises its own error type for a bad header or a short file
+            raise ValueError(f"{weights_file} is damaged ({err}); restore or re-download the checkpoint") from err
 
 
 def base_layout(cfg: TokenizerConfig) -> TokenLayout:
@@ -137,6 +164,7 @@ class IVideoGPT(nn.Module):
             attention_dropout: override the config's value (training uses 0.1 in the paper).
             **kwargs: passed to the constructor (``reward_alignment``, ``reward_weight``).
         """
+        check_checkpoint_files(Path(path))
         root = Path(path)
         tok_dir, tf_dir = root / TOKENIZER_DIR, root / TRANSFORMER_DIR
         for file in (tok_dir / TOKENIZER_CONFIG, tok_dir / TOKENIZER_WEIGHTS,

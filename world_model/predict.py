@@ -15,7 +15,6 @@ segment's last frame as its goal, ``[o_T, o_1, ..., o_T]``, and predicts ``o_2 .
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -25,10 +24,11 @@ import numpy as np
 import torch
 
 from core.batch import SegmentBatch
+from core.config import parse_key_values
 from core.precision import PRECISIONS
 from core.runtime import configure_threads, pick_device
 from core.video import VIDEO_FORMATS, VideoRecorder
-from world_model.clip_scoring import ClipScorer, load_checked_model, to_model_frames
+from world_model.clip_scoring import ClipScorer, SamplingSettings, load_checked_model, to_model_frames
 from world_model.data.formats import DatasetFormat, get_format, load_episode
 from world_model.data.goal import GOAL_CONTEXT_FRAMES, goal_first
 from world_model.model import IVideoGPT
@@ -37,42 +37,20 @@ GAP = 2  # white pixels between the real and the predicted frame
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(SamplingSettings):
     """The settings of one prediction run (``key=value`` on the command line)."""
 
-    checkpoint: str = ""
     input: str = ""
-    dataset: str = ""
-    context_frames: str = "auto"
     segment_length: int = 16
-    samples: int = 5
-    action_conditioned: str = "auto"
     goal_conditioned: str = "false"
     out: str = ""
-    seed: int = 0
-    temperature: float = 1.0
-    top_k: int = 100
     format: str = "gif"
     fps: int = 4
-    device: str = "auto"
-    precision: str = "auto"
-    num_threads: str = "auto"
 
     @classmethod
     def from_args(cls, args: list[str]) -> PredictConfig:
         """Parse ``key=value`` arguments (one-line errors for unknown keys and bad values)."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, object] = {}
-        for arg in args:
-            key, sep, value = arg.partition("=")
-            key = key.strip().lstrip("+")
-            if not sep or key not in fields:
-                raise ValueError(f"unknown argument {arg!r}; use key=value with keys {', '.join(fields)}")
-            kind = str(fields[key].type)
-            try:
-                values[key] = int(value) if kind == "int" else float(value) if kind == "float" else value
-            except ValueError:
-                raise ValueError(f"{key}={value!r} must be a number") from None
+        values = parse_key_values(cls, args)
         cfg = cls(**values)
         for key in ("checkpoint", "input", "dataset"):
             if not getattr(cfg, key):

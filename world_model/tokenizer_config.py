@@ -17,6 +17,15 @@ _SUPPORTED_DOWN = "DownEncoderBlock2D"
 _SUPPORTED_UP = "UpDecoderBlock2D"
 
 
+# The smaller presets: the published 64x64 tokenizer with these fields changed.
+_NARROW: dict[str, dict[str, Any]] = {
+    "tiny": {"block_out_channels": (32, 32, 64), "layers_per_block": 1, "latent_channels": 32,
+             "num_vq_embeddings": 256, "num_dyn_embeddings": 256},
+    "cpu": {"block_out_channels": (32, 64, 128), "layers_per_block": 1, "num_vq_embeddings": 1024,
+            "num_dyn_embeddings": 1024},
+}
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """The official ``CompressiveVQModel`` config (field names = ``config.json`` keys).
@@ -148,26 +157,13 @@ class TokenizerConfig:
     @classmethod
     def tiny(cls) -> TokenizerConfig:
         """The random-weight test fixture's config (1.7M parameters, 256-entry codebooks)."""
-        return replace(
-            cls.paper64(),
-            block_out_channels=(32, 32, 64),
-            layers_per_block=1,
-            latent_channels=32,
-            num_vq_embeddings=256,
-            num_dyn_embeddings=256,
-        )
+        return replace(cls.paper64(), **_NARROW["tiny"])
 
     @classmethod
     def cpu(cls) -> TokenizerConfig:
         """Paper architecture, token counts and code width with narrow layers (6.2M parameters) and
         1024-entry codebooks, for runs on a few CPU cores."""
-        return replace(
-            cls.paper64(),
-            block_out_channels=(32, 64, 128),
-            layers_per_block=1,
-            num_vq_embeddings=1024,
-            num_dyn_embeddings=1024,
-        )
+        return replace(cls.paper64(), **_NARROW["cpu"])
 
     @classmethod
     def preset(cls, name: str) -> TokenizerConfig:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 import torch
@@ -213,8 +213,7 @@ class CEM(Planner):
     """Cross-entropy method: refit mean and std to the best `elites` samples, `iterations` times per step."""
 
     name = "cem"
-    defaults = PlannerConfig(samples=200, horizon=10, iterations=3, init_std=0.5, noise_beta=0.5, temperature=0.05,
-                             elites=10)
+    defaults = replace(MPPI.defaults, iterations=3)  # VP2's CEM: 200 samples, 3 iterations, 10 elites
 
     def _check(self) -> None:
         super()._check()

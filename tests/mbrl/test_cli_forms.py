@@ -82,30 +82,20 @@ def test_explicit_cpu_profile_wins():
     assert_profile(printed("--cfg", "job", "profile=cpu"), CPU)
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ("agent=dreamerv3", "task=door_open", "--cfg", "job"),
-        ("--cfg", "job", "agent=dreamerv3", "task=door_open"),
-    ],
-)
-def test_dreamerv3_implies_no_mbpo_world_model(args):
+@pytest.mark.parametrize(("args", "world_model"), [
+    (("agent=dreamerv3", "task=door_open", "--cfg", "job"), "none"),  # agent=dreamerv3 implies world_model=none
+    (("--cfg", "job", "agent=dreamerv3", "task=door_open"), "none"),
+    (("agent=dreamerv3", "world_model=ivideogpt", "--cfg", "job"), "ivideogpt"),  # a named one is kept
+    (("--cfg", "job", "world_model=ivideogpt", "agent=dreamerv3"), "ivideogpt"),
+])
+def test_dreamerv3_world_model(args, world_model):
     cfg = printed(*args)
-    assert (cfg["agent"]["name"], cfg["world_model"]) == ("dreamerv3", {"name": "none"})
-    assert_profile(cfg, HERE, world_model="none")
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        ("agent=dreamerv3", "world_model=ivideogpt", "--cfg", "job"),
-        ("--cfg", "job", "world_model=ivideogpt", "agent=dreamerv3"),
-    ],
-)
-def test_dreamerv3_keeps_a_named_world_model(args):
-    cfg = printed(*args)
-    assert (cfg["agent"]["name"], cfg["world_model"]["name"]) == ("dreamerv3", "ivideogpt")
-    assert cfg["world_model"]["preset"] == HERE["world_model.preset"]
+    assert (cfg["agent"]["name"], cfg["world_model"]["name"]) == ("dreamerv3", world_model)
+    if world_model == "none":
+        assert cfg["world_model"] == {"name": "none"}
+        assert_profile(cfg, HERE, world_model="none")
+    else:
+        assert cfg["world_model"]["preset"] == HERE["world_model.preset"]
 
 
 def test_dreamerv3_with_paper_profile():

@@ -21,28 +21,7 @@ from mbrl.envs import EnvConfig, make_env
 REPO = Path(__file__).resolve().parents[2]
 # A tiny model on short episodes: each run is a few seconds on 2 cores. 20-step episodes at repeat 2 = 40
 # frames each; 200 agent steps; training starts after 40 random steps (5 gradient steps per 20 agent steps).
-TINY = [
-    "agent=dreamerv3",
-    "profile=paper",
-    "task=reach",
-    "seed=3",
-    "num_threads=1",
-    "env.image_size=32",
-    "env.episode_length=20",
-    "num_train_frames=400",
-    "eval_every_frames=200",
-    "checkpoint_every_frames=400",
-    "num_eval_episodes=2",
-    "agent.size=tiny",
-    "agent.batch_sequences=2",
-    "agent.sequence_length=8",
-    "agent.learning_starts=40",
-    "agent.replay_ratio=0.25",
-    "agent.memmap_buffer=false",
-    "logging.wandb.mode=disabled",
-    "logging.console=false",
-    "save_video=false",
-]
+TINY = ["agent=dreamerv3", "profile=paper", "task=reach", "seed=3", "num_threads=1", "env.image_size=32", "env.episode_length=20", "num_train_frames=400", "eval_every_frames=200", "checkpoint_every_frames=400", "num_eval_episodes=2", "agent.size=tiny", "agent.batch_sequences=2", "agent.sequence_length=8", "agent.learning_starts=40", "agent.replay_ratio=0.25", "agent.memmap_buffer=false", "logging.wandb.mode=disabled", "logging.console=false", "save_video=false"]
 # Columns that hold wall-clock measurements (differ between identical runs).
 TIMINGS = {"total_time", "train/fps", "train/updates_per_second"}
 

@@ -2,6 +2,9 @@
 the schedule's counts, the agent-batch mix, validation outputs and exact resume."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,20 @@ def test_a_stopped_run_resumes_exactly_where_its_checkpoint_left_off(runs):
     counts = ("wm/transformer_updates", "imagination/buffer_size", "mbpo/imagined_transitions")
     full_rows, split_rows = read_csv(runs["full"] / "train.csv"), read_csv(runs["split"] / "train.csv")
     assert [[r[k] for k in counts] for r in full_rows] == [[r[k] for k in counts] for r in split_rows]
+
+
+def test_a_damaged_pretrained_checkpoint_is_one_line_naming_the_file(tmp_path, tiny_checkpoint):
+
+    folder = tmp_path / "ck"  # a copy: the shared fixture itself must never be written
+    shutil.copytree(tiny_checkpoint / "tokenizer", folder / "tokenizer")
+    shutil.copytree(tiny_checkpoint / "transformer", folder / "transformer")
+    weights = folder / "tokenizer" / "diffusion_pytorch_model.safetensors"
+    assert not weights.is_symlink()
+    weights.write_bytes(b"\xff" * 64)  # a header length far beyond the file
+    result = subprocess.run([sys.executable, "-m", "mbrl.train", "task=reach", f"world_model.pretrained={folder}",
+                             f"hydra.run.dir={tmp_path / 'run'}", "logging.wandb.mode=disabled"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: {weights} is damaged") and "Traceback" not in result.stderr
+

@@ -92,3 +92,11 @@ def test_bench_data_runs_on_tiny_counts():
     rows = json.loads(out.stdout)["rows"]
     assert [(r["loader"], r["episodes"]) for r in rows] == [("lazy", 20), ("lazy", 40), ("memory", 20)]
     assert all(r["segments_per_s"] > 0 and r["rss_sampled_mb"] > 0 for r in rows)
+
+
+def test_a_file_that_is_not_an_episode_npz_is_named(tmp_path):
+    np.savez_compressed(tmp_path / "ok.npz", image=np.zeros((6, 8, 8, 3), np.uint8))
+    (tmp_path / "broken.npz").write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=r"broken.npz is not a readable episode .npz .*remove it"):
+        EpisodeDataset(tmp_path, 4)
+

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import checkpoint_folder, read_csv
+from helpers import SHARED, checkpoint_folder, read_csv
 
 from world_model import evaluate as evaluate_module
 from world_model.data.formats import FORMATS, get_format, held_out_files, load_clip, stride_for_rate
@@ -17,7 +17,7 @@ from world_model.evaluate import main
 from world_model.fvd import I3DFeatures
 from world_model.metrics import frechet_distance
 
-BAIR_SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "datasets" / "bair_sample.npz"
+BAIR_SAMPLE = SHARED / "reference" / "datasets" / "bair_sample.npz"
 
 
 class StandInI3D(torch.nn.Module):

@@ -9,12 +9,12 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
-from helpers import checkpoint_folder
+from helpers import SHARED, checkpoint_folder
 
 from world_model.model import IVideoGPT
 from world_model.predict import main
 
-BAIR_SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "datasets" / "bair_sample.npz"
+BAIR_SAMPLE = SHARED / "reference" / "datasets" / "bair_sample.npz"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from core.batch import SegmentBatch
-from world_model.data.formats import frames_uint8
+from world_model.data.formats import frames_uint8, open_npz
 
 ACTION_KEY = "action"
 REWARD_KEY = "reward"
@@ -86,7 +86,7 @@ class EpisodeDataset:
 
     @staticmethod
     def _load(file: Path, image_key: str) -> dict[str, np.ndarray]:
-        with np.load(file) as data:
+        with open_npz(file) as data:
             if image_key not in data.files:
                 raise ValueError(
                     f"{file} has no {image_key!r} array (it has {data.files}); pass image_key=..."

@@ -176,7 +176,7 @@ def load_clip(file: str | Path, fmt: DatasetFormat, length: int, start: int = 0,
         not read or the format has none.
     """
     file = Path(file)
-    with np.load(file) as data:
+    with open_npz(file) as data:
         if fmt.image_key not in data.files:
             raise ValueError(f"{file} has no {fmt.image_key!r} array (it has {', '.join(data.files)}); "
                              f"check dataset={fmt.name}")
@@ -186,17 +186,39 @@ def load_clip(file: str | Path, fmt: DatasetFormat, length: int, start: int = 0,
             raise ValueError(f"{file} has {len(strided)} frames after stride {fmt.stride} (of {len(raw)}), fewer "
                              f"than the {start + length} the segment needs; lower segment_length")
         frames = frames_uint8(strided[start:start + length], file, fmt.image_key)
-        actions = None
-        if with_actions and fmt.actions != "none" and ACTION_KEY in data.files:
-            actions = np.asarray(data[ACTION_KEY], dtype=np.float32).reshape(len(data[ACTION_KEY]), -1)
-            wanted = len(raw) - 1 if fmt.actions == "transitions" else len(raw)
-            if len(actions) != wanted:
-                raise ValueError(f"{file}: {ACTION_KEY!r} has {len(actions)} rows for {len(raw)} frames; the "
-                                 f"{fmt.actions} layout of dataset={fmt.name} needs {wanted}")
-            if fmt.actions == "transitions":
-                actions = np.concatenate([actions, np.zeros_like(actions[:1])])
+        actions = _actions(data, file, fmt, len(raw)) if with_actions else None
+        if actions is not None:
             actions = actions[::fmt.stride][start:start + length]
     return np.ascontiguousarray(frames), actions
+
+
+def open_npz(file: str | Path) -> np.lib.npyio.NpzFile:
+    """`np.load` of one episode file, with one line naming the file when it is not a readable `.npz` (numpy's own
+    message names neither the file nor the fix, and `allow_pickle` stays off)."""
+    try:
+        data = np.load(file)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{file} is not a readable episode .npz ({' '.join(str(err).split())[:120]}); "
+                         "remove it from the folder or record it again") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{file} holds a single array, not an episode .npz of named arrays; remove it from "  # noqa: TRY004 (bad data, not a bad argument)
+                         "the folder")
+    return data
+
+
+def _actions(data: np.lib.npyio.NpzFile, file: Path, fmt: DatasetFormat, frames: int) -> np.ndarray | None:
+    """The episode's actions, float32 (T, D), one row per frame (a zero row appended to ``transitions``
+    storage); None when the format has none or the file holds none."""
+    if fmt.actions == "none" or ACTION_KEY not in data.files:
+        return None
+    actions = np.asarray(data[ACTION_KEY], dtype=np.float32).reshape(len(data[ACTION_KEY]), -1)
+    wanted = frames - 1 if fmt.actions == "transitions" else frames
+    if len(actions) != wanted:
+        raise ValueError(f"{file}: {ACTION_KEY!r} has {len(actions)} rows for {frames} frames; the "
+                         f"{fmt.actions} layout of dataset={fmt.name} needs {wanted}")
+    if fmt.actions == "transitions":
+        actions = np.concatenate([actions, np.zeros_like(actions[:1])])
+    return actions
 
 
 def load_episode(file: str | Path, fmt: DatasetFormat, with_actions: bool = True
@@ -205,20 +227,12 @@ def load_episode(file: str | Path, fmt: DatasetFormat, with_actions: bool = True
     to ``transitions`` storage) or None when not read, absent or the format has none, and rewards float32 (T,)
     (``reward``, one per frame) or None when absent."""
     file = Path(file)
-    with np.load(file) as data:
+    with open_npz(file) as data:
         if fmt.image_key not in data.files:
             raise ValueError(f"{file} has no {fmt.image_key!r} array (it has {', '.join(data.files)}); "
                              f"check dataset={fmt.name}")
         frames = frames_uint8(data[fmt.image_key], file, fmt.image_key)
-        actions = None
-        if with_actions and fmt.actions != "none" and ACTION_KEY in data.files:
-            actions = np.asarray(data[ACTION_KEY], dtype=np.float32).reshape(len(data[ACTION_KEY]), -1)
-            wanted = len(frames) - 1 if fmt.actions == "transitions" else len(frames)
-            if len(actions) != wanted:
-                raise ValueError(f"{file}: {ACTION_KEY!r} has {len(actions)} rows for {len(frames)} frames; the "
-                                 f"{fmt.actions} layout of dataset={fmt.name} needs {wanted}")
-            if fmt.actions == "transitions":
-                actions = np.concatenate([actions, np.zeros_like(actions[:1])])
+        actions = _actions(data, file, fmt, len(frames)) if with_actions else None
         rewards = None
         if REWARD_KEY in data.files:
             rewards = np.asarray(data[REWARD_KEY], dtype=np.float32).reshape(-1)

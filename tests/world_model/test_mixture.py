@@ -208,3 +208,42 @@ def test_episode_cache_stays_bounded(tmp_path):
     tiny = LazyEpisodeDataset(folder, "metaworld", 4, split="all", cache_mb=1e-6)  # smaller than one episode
     tiny.sample(10)
     assert len(tiny.cache) == 1
+
+
+@pytest.mark.slow
+def test_world_model_train_takes_a_mixture_of_two_formats(tmp_path):
+    """`python -m world_model.train data=<mixture.yaml>`: BAIR-style episodes (`aux1_image`, int64 frames, stride
+    1, actions) three times as often as bridge-style ones (`image`, stride 2, read without actions): the mixture
+    trains action-free and says so."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    for name, key, dtype in (("bair", "aux1_image", np.int64), ("bridge", "image", np.uint8)):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            frames = rng.integers(0, 256, (12, 16, 16, 3)).astype(dtype)
+            np.savez_compressed(tmp_path / name / f"ep_{i}.npz", **{key: frames}, action=np.zeros((12, 4)))
+    mixture = tmp_path / "mix.yaml"
+    mixture.write_text(yaml.safe_dump({"root": str(tmp_path), "image_size": 16, "split": "all", "datasets": [
+        {"name": "bair", "path": "bair", "weight": 3}, {"name": "bridge", "path": "bridge", "weight": 1}]}))
+    out = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "world_model.train", f"data={mixture}", f"out={out}", "steps=2", "batch_size=2",
+         "segment_length=4", "num_threads=1", "wandb.mode=disabled", "attention_dropout=0.0",
+         "tokenizer.dropout=false", "+tokenizer_overrides.block_out_channels=[16,32]",
+         "+tokenizer_overrides.norm_num_groups=8", "+tokenizer_overrides.latent_channels=16",
+         "+tokenizer_overrides.patch_size=2", "+transformer_overrides.hidden_size=64",
+         "+transformer_overrides.num_hidden_layers=2", "+transformer_overrides.intermediate_size=128"],
+        cwd=repo, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, capture_output=True, text=True, timeout=300,
+        check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "action-free" in result.stdout + result.stderr
+    from world_model.model import IVideoGPT
+
+    model = IVideoGPT.from_pretrained(out / "checkpoint")
+    assert model.action_dim is None and model.tokenizer.config.resolution == 16
+    train = (out / "train.csv").read_text().splitlines()
+    assert len(train) == 2 and "tokenizer/recon_l1" in train[0]  # one row (log_every=50 > steps: at the end)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from core.precision import PRECISIONS
 from core.runtime import derive_seed
 from world_model import metrics
+from world_model.data.formats import DatasetFormat
 from world_model.fvd import I3DFeatures
 from world_model.imagination_config import ImaginationConfig
 from world_model.lpips import LPIPS
@@ -42,6 +43,23 @@ class SamplingSettings:
     device: str = "auto"
     precision: str = "auto"  # the imagination engine's (core.precision)
     num_threads: str = "auto"
+
+
+def resolve_actions(flag: str, action_dim: int | None, fmt: DatasetFormat) -> bool:
+    """Whether the rollouts are action-conditioned, from ``action_conditioned`` (auto | true | false), the
+    checkpoint's action size (None: action-free) and the dataset's format (one-line errors when they disagree)."""
+    if action_dim is None:
+        if flag == "true":
+            raise ValueError("action_conditioned=true but the checkpoint is action-free (no action_linear); pass "
+                             "action_conditioned=auto")
+        return False
+    if flag == "false":
+        raise ValueError(f"action_conditioned=false but the checkpoint takes {action_dim}-d actions at every step; "
+                         "run it action-conditioned (action_conditioned=auto)")
+    if fmt.actions == "none":
+        raise ValueError(f"the checkpoint is action-conditioned but dataset={fmt.name} is read without actions; "
+                         "use an action-free checkpoint or a dataset with actions")
+    return True
 
 
 #: metric -> higher is better; SSIM and LPIPS are reported x100 as in the paper.

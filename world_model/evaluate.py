@@ -30,7 +30,13 @@ from core.config import parse_key_values
 from core.io import atomic_write
 from core.precision import PRECISIONS
 from core.runtime import configure_threads, pick_device
-from world_model.clip_scoring import METRICS, ClipScorer, SamplingSettings, load_checked_model
+from world_model.clip_scoring import (
+    METRICS,
+    ClipScorer,
+    SamplingSettings,
+    load_checked_model,
+    resolve_actions,
+)
 from world_model.data.formats import DatasetFormat, get_format, held_out_files, load_clip
 from world_model.eval_outputs import (
     append_rows,
@@ -153,23 +159,8 @@ def make_plan(cfg: EvalConfig, model: IVideoGPT) -> Plan:
         files = files[:wanted]
     elif wanted > len(files):
         notes.append(f"clips={wanted} asked but the split has {len(files)}; scoring {len(files)}")
-    use_actions = _resolve_actions(cfg.action_conditioned, model.action_dim, fmt)
+    use_actions = resolve_actions(cfg.action_conditioned, model.action_dim, fmt)
     return Plan(fmt, files, t0, length, use_actions, "action_conditioned" if use_actions else "action_free", notes)
-
-
-def _resolve_actions(flag: str, action_dim: int | None, fmt: DatasetFormat) -> bool:
-    if action_dim is None:
-        if flag == "true":
-            raise ValueError("action_conditioned=true but the checkpoint is action-free (no action_linear); "
-                             "pass action_conditioned=auto")
-        return False
-    if flag == "false":
-        raise ValueError(f"action_conditioned=false but the checkpoint takes {action_dim}-d actions at every step; "
-                         "evaluate it action-conditioned (action_conditioned=auto)")
-    if fmt.actions == "none":
-        raise ValueError(f"the checkpoint is action-conditioned but dataset={fmt.name} is read without actions; "
-                         "evaluate an action-free checkpoint on it")
-    return True
 
 
 def _check_clip(file: Path, actions: np.ndarray | None, plan: Plan, action_dim: int | None) -> None:

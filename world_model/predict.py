@@ -28,7 +28,13 @@ from core.config import parse_key_values
 from core.precision import PRECISIONS
 from core.runtime import configure_threads, pick_device
 from core.video import VIDEO_FORMATS, VideoRecorder
-from world_model.clip_scoring import ClipScorer, SamplingSettings, load_checked_model, to_model_frames
+from world_model.clip_scoring import (
+    ClipScorer,
+    SamplingSettings,
+    load_checked_model,
+    resolve_actions,
+    to_model_frames,
+)
 from world_model.data.formats import DatasetFormat, get_format, load_episode
 from world_model.data.goal import GOAL_CONTEXT_FRAMES, goal_first
 from world_model.model import IVideoGPT
@@ -77,17 +83,8 @@ class PredictConfig(SamplingSettings):
 
 def use_actions(flag: str, model: IVideoGPT, fmt: DatasetFormat, actions: np.ndarray | None, file: Path) -> bool:
     """Whether the rollouts are action-conditioned (one-line errors when the checkpoint or episode cannot)."""
-    if model.action_dim is None:
-        if flag == "true":
-            raise ValueError("action_conditioned=true but the checkpoint is action-free (no action_linear); pass "
-                             "action_conditioned=auto")
+    if not resolve_actions(flag, model.action_dim, fmt):
         return False
-    if flag == "false":
-        raise ValueError(f"action_conditioned=false but the checkpoint takes {model.action_dim}-d actions at every "
-                         "step; pass action_conditioned=auto")
-    if fmt.actions == "none":
-        raise ValueError(f"the checkpoint is action-conditioned but dataset={fmt.name} is read without actions; "
-                         "use an action-free checkpoint or a dataset with actions")
     if actions is None:
         raise ValueError(f"{file} has no 'action' array but the checkpoint is action-conditioned; use an "
                          "action-free checkpoint or an episode with actions")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from core.precision import PRECISIONS
 from core.runtime import derive_seed
 from world_model import metrics
-from world_model.data.formats import DatasetFormat
+from world_model.data.formats import DatasetFormat, get_format
 from world_model.fvd import I3DFeatures
 from world_model.imagination_config import ImaginationConfig
 from world_model.lpips import LPIPS
@@ -43,6 +43,17 @@ class SamplingSettings:
     device: str = "auto"
     precision: str = "auto"  # the imagination engine's (core.precision)
     num_threads: str = "auto"
+
+    def __post_init__(self) -> None:
+        """One-line errors for the settings both command lines share (their own are checked by each)."""
+        if self.dataset:  # an unknown name fails before the model loads (a missing one: the CLI says so)
+            get_format(self.dataset)
+        if self.action_conditioned not in ("auto", "true", "false"):
+            raise ValueError(f"action_conditioned={self.action_conditioned!r} must be auto, true or false")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
+        if self.num_threads != "auto" and not (self.num_threads.isdigit() and int(self.num_threads) > 0):
+            raise ValueError(f"num_threads={self.num_threads!r} must be auto or a positive number")
 
 
 def resolve_actions(flag: str, action_dim: int | None, fmt: DatasetFormat) -> bool:

@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from core.config import parse_key_values
 from core.io import atomic_write
-from core.precision import PRECISIONS
 from core.runtime import configure_threads, pick_device
 from world_model.clip_scoring import (
     METRICS,
@@ -89,17 +88,10 @@ class EvalConfig(SamplingSettings):
             if not getattr(config, key):
                 raise ValueError(f"{key}=... is required: python -m world_model.evaluate checkpoint=DIR data=DIR "
                                  "dataset=NAME out=DIR")
-        get_format(config.dataset)  # an unknown name fails before the model loads
         if config.samples < 1 or config.batch < 1:
             raise ValueError(f"samples and batch must be >= 1, got samples={config.samples} batch={config.batch}")
         if config.split not in ("held_out", "all"):
             raise ValueError(f"split={config.split!r} must be held_out (every 100th file) or all")
-        if config.num_threads != "auto" and not (config.num_threads.isdigit() and int(config.num_threads) > 0):
-            raise ValueError(f"num_threads={config.num_threads!r} must be auto or a positive number")
-        if config.precision not in PRECISIONS:
-            raise ValueError(f"precision={config.precision!r} must be one of {', '.join(PRECISIONS)}")
-        if config.action_conditioned not in ("auto", "true", "false"):
-            raise ValueError(f"action_conditioned={config.action_conditioned!r} must be auto, true or false")
         return config
 
 

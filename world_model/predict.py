@@ -25,7 +25,6 @@ import torch
 
 from core.batch import SegmentBatch
 from core.config import parse_key_values
-from core.precision import PRECISIONS
 from core.runtime import configure_threads, pick_device
 from core.video import VIDEO_FORMATS, VideoRecorder
 from world_model.clip_scoring import (
@@ -62,22 +61,15 @@ class PredictConfig(SamplingSettings):
             if not getattr(cfg, key):
                 raise ValueError(f"{key}=... is required: python -m world_model.predict checkpoint=DIR "
                                  "input=episode.npz dataset=NAME")
-        get_format(cfg.dataset)  # an unknown name fails before the model loads
         if cfg.samples < 1 or cfg.segment_length < 2 or cfg.fps < 1:
             raise ValueError(f"samples, fps must be >= 1 and segment_length >= 2, got samples={cfg.samples} "
                              f"fps={cfg.fps} segment_length={cfg.segment_length}")
         if cfg.format not in VIDEO_FORMATS:
             raise ValueError(f"format={cfg.format!r} must be one of {', '.join(VIDEO_FORMATS)}")
-        if cfg.action_conditioned not in ("auto", "true", "false"):
-            raise ValueError(f"action_conditioned={cfg.action_conditioned!r} must be auto, true or false")
         if cfg.goal_conditioned not in ("true", "false"):
             raise ValueError(f"goal_conditioned={cfg.goal_conditioned!r} must be true or false")
         if cfg.goal_conditioned == "true" and cfg.action_conditioned == "true":
             raise ValueError("goal_conditioned=true predicts action-free; drop action_conditioned=true")
-        if cfg.precision not in PRECISIONS:
-            raise ValueError(f"precision={cfg.precision!r} must be one of {', '.join(PRECISIONS)}")
-        if cfg.num_threads != "auto" and not (cfg.num_threads.isdigit() and int(cfg.num_threads) > 0):
-            raise ValueError(f"num_threads={cfg.num_threads!r} must be auto or a positive number")
         return cfg
 
 

@@ -30,7 +30,8 @@ class OpenLoop:
 
 @torch.no_grad()
 def evaluate_open_loop(model: IVideoGPT, batch: SegmentBatch, temperature: float = 1.0, top_k: int | None = 100,
-                       generator: torch.Generator | None = None, mixed_precision: bool = True) -> OpenLoop:
+                       generator: torch.Generator | None = None, mixed_precision: bool = True,
+                       per_step: bool = False) -> OpenLoop:
     """Imagine each segment's future from its first T0 frames under its real actions and score it.
 
     The model runs as a batched environment (``reset`` on the context, ``step(actions[:, k])`` per frame),
@@ -44,12 +45,14 @@ def evaluate_open_loop(model: IVideoGPT, batch: SegmentBatch, temperature: float
         temperature, top_k: sampling of the dynamics codes (0 temperature: greedy).
         generator: random source on the model's device, for reproducible scores.
         mixed_precision: bf16 autocast where native (``core.precision``).
+        per_step: also score each imagined step k = 1..H apart (``psnr_k``, ``copy_last_psnr_k``).
 
     Returns:
         the imagined frames and their scores: ``mse``, ``psnr`` of the imagined frames; ``copy_last_mse``,
-        ``copy_last_psnr`` of repeating the last context frame; ``recon_mse`` of the tokenizer's reconstruction of the real future frames (the floor
-        imagination can reach); ``reward_mse`` (with a reward head and rewards; targets in the model's reward
-        alignment); ``horizon``.
+        ``copy_last_psnr`` of repeating the last context frame; ``recon_mse``, ``recon_psnr`` of the tokenizer's
+        reconstruction of the real future frames (the floor imagination can reach) and ``context_recon_mse``,
+        ``context_recon_psnr`` of its context frames (the plain path); ``reward_mse`` (with a reward head and
+        rewards; targets in the model's reward alignment); ``horizon``.
     """
     device = model_device(model)
     batch = batch.to(device)
@@ -70,17 +73,23 @@ def evaluate_open_loop(model: IVideoGPT, batch: SegmentBatch, temperature: float
         imagined.append(frame.float())
         rewards.append(reward)
     with autocast(device, mixed_precision):
-        recon = model.detokenize(model.tokenize(frames)[0])[:, context_frames:].float().clamp(0.0, 1.0)
+        recon = model.detokenize(model.tokenize(frames)[0]).float().clamp(0.0, 1.0)
     prediction = torch.stack(imagined, dim=1)
     copy_last = frames[:, context_frames - 1:context_frames].expand_as(target)
 
-    def frame_mse(x: torch.Tensor) -> torch.Tensor:
-        return (x - target).pow(2).mean(dim=(2, 3, 4))  # (B, K)
+    def frame_mse(x: torch.Tensor, real: torch.Tensor = target) -> torch.Tensor:
+        return (x - real).pow(2).mean(dim=(2, 3, 4))  # (B, K)
 
-    errors = {"mse": frame_mse(prediction), "copy_last_mse": frame_mse(copy_last), "recon_mse": frame_mse(recon)}
+    errors = {"mse": frame_mse(prediction), "copy_last_mse": frame_mse(copy_last),
+              "recon_mse": frame_mse(recon[:, context_frames:]),
+              "context_recon_mse": frame_mse(recon[:, :context_frames], frames[:, :context_frames])}
     scores = {name: e.mean() for name, e in errors.items()}
-    scores["psnr"] = psnr(errors["mse"]).mean()
-    scores["copy_last_psnr"] = psnr(errors["copy_last_mse"]).mean()
+    for name in ("psnr", "copy_last_psnr", "recon_psnr", "context_recon_psnr"):
+        scores[name] = psnr(errors[name.replace("psnr", "mse")]).mean()
+    if per_step:
+        for k in range(horizon):
+            scores[f"psnr_{k + 1}"] = psnr(errors["mse"][:, k]).mean()
+            scores[f"copy_last_psnr_{k + 1}"] = psnr(errors["copy_last_mse"][:, k]).mean()
     if model.has_reward_head and batch.rewards is not None:
         targets = model.layout(horizon).reward_targets(batch.rewards.float(), model.reward_alignment)
         scores["reward_mse"] = (torch.stack(rewards, dim=1).float() - targets).pow(2).mean()

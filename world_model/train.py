@@ -267,7 +267,7 @@ class WorldModelRun:
                                    for t in (batch.frames, batch.actions, batch.rewards)))
         rows = batch.frames.shape[0]
         mine = self.trainer.evaluate(batch, self.cfg.eval_temperature, self.cfg.eval_top_k,
-                                     generator).scores if rows else {}
+                                     generator, per_step=True).scores if rows else {}
         gathered = [(n, part) for n, part in self.dist.gather([(rows, mine)]) if n]
         total = sum(n for n, _ in gathered)
         scores = dict(mine) if len(gathered) == 1 else {
@@ -278,7 +278,7 @@ class WorldModelRun:
         reward = f" | reward MSE {scores['reward_mse']:.4g}" if "reward_mse" in scores else ""
         self.say(f"| eval | step {self.step} | imagined MSE {scores['mse']:.5f} (PSNR {scores['psnr']:.2f}) | "
                  f"copy-last MSE {scores['copy_last_mse']:.5f} (PSNR {scores['copy_last_psnr']:.2f}) | "
-                 f"tokenizer recon MSE {scores['recon_mse']:.5f} | CE {scores['ce']:.4f}{reward}")
+                 f"tokenizer recon MSE {scores['recon_mse']:.5f} (context {scores['context_recon_mse']:.5f}) | CE {scores['ce']:.4f}{reward}")
         return scores
 
     # ------------------------------------------------------------------------------------ checkpoints

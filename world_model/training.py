@@ -165,11 +165,12 @@ class WorldModelTrainer:
 
     # ------------------------------------------------------------------------------------ evaluation
     def evaluate(self, batch: SegmentBatch, temperature: float = 1.0, top_k: int | None = 100,
-                 generator: torch.Generator | None = None) -> OpenLoop:
+                 generator: torch.Generator | None = None, per_step: bool = False) -> OpenLoop:
         """Open-loop rollouts and scores (see :func:`evaluate_open_loop`; frames (B, T, 3, H, W)), the
         teacher-forced ``ce`` / ``reward`` added to the scores."""
         batch = batch.to(self.device)
-        result = evaluate_open_loop(self.model, batch, temperature, top_k, generator, self.cfg.mixed_precision)
+        result = evaluate_open_loop(self.model, batch, temperature, top_k, generator, self.cfg.mixed_precision,
+                                    per_step)
         result.scores.update(teacher_forced_losses(self.model, batch, self.cfg.mixed_precision))
         return result
 

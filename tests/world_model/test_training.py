@@ -215,6 +215,29 @@ def test_build_model_derives_sizes_and_rejects_bad_settings(tiny_checkpoint):
     assert shortened.context_frames == 1 and shortened.action_dim == 4
 
 
+def test_evaluate_open_loop_per_step_and_context_reconstruction_scores():
+    torch.manual_seed(0)
+    model = small_model(action_dim=4, reward_head=True)
+    frames = torch.randint(0, 256, (2, 5, 3, 16, 16), dtype=torch.uint8)
+    batch = SegmentBatch(frames, torch.rand(2, 5, 4) * 2 - 1, torch.rand(2, 5))
+    result = evaluate_open_loop(model, batch, generator=torch.Generator().manual_seed(0), per_step=True)
+    scores, x = result.scores, frames.float() / 255
+    per_frame = (result.predicted - x[:, 2:]).pow(2).mean(dim=(2, 3, 4))  # (B, K)
+    copy_last = (x[:, 2:] - x[:, 1:2]).pow(2).mean(dim=(2, 3, 4))
+    for k in range(3):
+        assert scores[f"psnr_{k + 1}"] == pytest.approx(psnr(per_frame[:, k]).mean().item(), rel=1e-5)
+        assert scores[f"copy_last_psnr_{k + 1}"] == pytest.approx(psnr(copy_last[:, k]).mean().item(), rel=1e-5)
+    assert "psnr_4" not in scores
+    with torch.no_grad():
+        recon = model.detokenize(model.tokenize(x)[0]).float().clamp(0, 1)
+    context = (recon[:, :2] - x[:, :2]).pow(2).mean(dim=(2, 3, 4))
+    assert scores["context_recon_mse"] == pytest.approx(context.mean().item(), rel=1e-4)
+    assert scores["context_recon_psnr"] == pytest.approx(psnr(context).mean().item(), rel=1e-4)
+    assert scores["recon_psnr"] > 0
+    plain = evaluate_open_loop(model, batch, generator=torch.Generator().manual_seed(0)).scores
+    assert "psnr_1" not in plain and plain["mse"] == scores["mse"]
+
+
 def test_evaluate_open_loop_scores_against_real_frames_and_copy_last():
     torch.manual_seed(0)
     model = small_model(action_dim=4, reward_head=True)

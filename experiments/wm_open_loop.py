@@ -1,0 +1,94 @@
+"""Open-loop prediction of a world-model checkpoint on held-out episodes, against copying the last frame.
+
+    python experiments/wm_open_loop.py --checkpoint RUN/checkpoint --data DIR [--segments 128]
+        [--segment-length 12] [--temperatures 1.0,0] [--top-k 100] [--batch 32] [--seed 0] [--threads 2]
+        [--reward-alignment clean] [--json FILE]
+
+Draws ``--segments`` segments (seeded) from the episodes under ``--data``, imagines each one's future from its
+first T0 frames under its real actions (``world_model.evaluation.evaluate_open_loop``, the engine MBPO's rollouts
+use) once per sampling temperature (0: greedy), in batches of ``--batch``, and prints one Markdown row per
+temperature: open-loop PSNR (mean over the imagined steps, and at the last one) next to copy-last's, the
+tokenizer's reconstruction of the future and context frames (the floor the open loop can reach), the future
+reconstruction MSE as a multiple of copy-last's, and the reward MSE. More segments than a training run's
+validation and a greedy row separate the model's error from sampling noise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from core.batch import SegmentBatch
+from core.runtime import configure_threads
+from world_model.data.mixture import load_data
+from world_model.evaluation import evaluate_open_loop
+from world_model.model import IVideoGPT
+
+HEADER = ("temperature", "segments", "open-loop PSNR", "copy-last PSNR", "difference", "step-H PSNR (copy-last)",
+          "future recon PSNR", "context recon PSNR", "future recon / copy-last MSE", "reward MSE")
+
+
+def score(model: IVideoGPT, batches: list[SegmentBatch], temperature: float, top_k: int | None,
+          seed: int) -> dict[str, float]:
+    """Row-weighted means of ``evaluate_open_loop``'s per-step scores over ``batches``."""
+    totals: dict[str, float] = defaultdict(float)
+    rows = 0
+    generator = torch.Generator().manual_seed(seed)
+    for batch in batches:
+        n = batch.frames.shape[0]
+        scores = evaluate_open_loop(model, batch, temperature, top_k, generator, per_step=True).scores
+        for key, value in scores.items():
+            totals[key] += n * value
+        rows += n
+    return {key: value / rows for key, value in totals.items()} | {"segments": float(rows)}
+
+
+def row(temperature: float, s: dict[str, float]) -> str:
+    h = int(s["horizon"])
+    reward = f"{s['reward_mse']:.3g}" if "reward_mse" in s else "-"
+    cells = [f"{temperature:g}", str(int(s["segments"])), f"{s['psnr']:.2f}", f"{s['copy_last_psnr']:.2f}",
+             f"{s['psnr'] - s['copy_last_psnr']:+.2f}", f"{s[f'psnr_{h}']:.2f} ({s[f'copy_last_psnr_{h}']:.2f})",
+             f"{s['recon_psnr']:.2f}", f"{s['context_recon_psnr']:.2f}",
+             f"{s['recon_mse'] / s['copy_last_mse']:.2f}", reward]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> dict[float, dict[str, float]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--segments", type=int, default=128)
+    p.add_argument("--segment-length", type=int, default=12)
+    p.add_argument("--temperatures", default="1.0,0")
+    p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--reward-alignment", default="clean", choices=("clean", "official"),
+                   help="the alignment the reward head was trained with (world_model.train's reward_alignment)")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    if args.threads:
+        configure_threads(args.threads)
+    model = IVideoGPT.from_pretrained(args.checkpoint, reward_alignment=args.reward_alignment).eval()
+    data = load_data(args.data, args.segment_length)
+    drawn = data.sample(args.segments, np.random.default_rng(args.seed))
+    batches = [SegmentBatch(*(None if t is None else t[i:i + args.batch]
+                              for t in (drawn.frames, drawn.actions, drawn.rewards)))
+               for i in range(0, args.segments, args.batch)]
+    results = {}
+    print("| " + " | ".join(HEADER) + " |\n|" + "---|" * len(HEADER))
+    for temperature in (float(t) for t in args.temperatures.split(",")):
+        results[temperature] = score(model, batches, temperature, args.top_k, args.seed)
+        print(row(temperature, results[temperature]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({str(t): s for t, s in results.items()}, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,11 @@ temperature: open-loop PSNR (mean over the imagined steps, and at the last one) 
 tokenizer's reconstruction of the future and context frames (the floor the open loop can reach), the future
 reconstruction MSE as a multiple of copy-last's, and the reward MSE. More segments than a training run's
 validation and a greedy row separate the model's error from sampling noise.
+
+A second table looks at the tokens: the transformer's teacher-forced greedy accuracy on the future frames' codes
+(each predicted from the real tokens before it), the PSNR of the frames decoded from those predictions, and the
+accuracy of copying each code from the previous future frame (frames 2..H, where there is one): a transformer
+below that baseline has not yet learned that most codes persist from frame to frame.
 """
 from __future__ import annotations
 
@@ -24,9 +29,12 @@ import torch
 from core.batch import SegmentBatch
 from core.runtime import configure_threads
 from world_model.data.mixture import load_data
-from world_model.evaluation import evaluate_open_loop
+from world_model.evaluation import evaluate_open_loop, psnr
 from world_model.model import IVideoGPT
+from world_model.parts import batch_actions, to_unit
 
+TOKEN_HEADER = ("segments", "teacher-forced code accuracy", "same, frames 2..H", "copy-previous-code accuracy (2..H)",
+                "teacher-forced decoded PSNR", "future recon PSNR")
 HEADER = ("temperature", "segments", "open-loop PSNR", "copy-last PSNR", "difference", "step-H PSNR (copy-last)",
           "future recon PSNR", "context recon PSNR", "future recon / copy-last MSE", "reward MSE")
 
@@ -46,6 +54,31 @@ def score(model: IVideoGPT, batches: list[SegmentBatch], temperature: float, top
     return {key: value / rows for key, value in totals.items()} | {"segments": float(rows)}
 
 
+@torch.no_grad()
+def token_scores(model: IVideoGPT, batch: SegmentBatch) -> dict[str, float]:
+    """Teacher-forced greedy accuracy on the future codes of ``batch`` (frames (B, T, 3, H, W)), the PSNR of
+    the frames those predictions decode to, and the accuracy of copying each code from the previous frame."""
+    frames = to_unit(batch.frames)
+    tokens, _ = model.tokenize(frames)
+    layout = model.layout_for(tokens)
+    logits, _ = model.logits(tokens, batch_actions(model, batch))
+    positions = layout.future_positions.to(tokens.device)  # (K, n) ids of each future frame's codes
+    dynamics = slice(layout.dynamics_offset, layout.dynamics_offset + layout.dynamics_vocab_size)
+    predicted = tokens.clone()
+    predicted[:, positions] = logits[:, positions - 1, dynamics].argmax(-1) + layout.dynamics_offset
+    hit = predicted[:, positions] == tokens[:, positions]  # (B, K, n)
+    copy_hit = tokens[:, positions[1:]] == tokens[:, positions[:-1]]
+    t0 = model.context_frames
+
+    def frame_psnr(y: torch.Tensor) -> float:
+        mse = (y[:, t0:].float().clamp(0, 1) - frames[:, t0:]).pow(2).mean(dim=(2, 3, 4))
+        return psnr(mse).mean().item()
+
+    return {"tf_accuracy": hit.float().mean().item(), "tf_accuracy_2": hit[:, 1:].float().mean().item(),
+            "copy_previous_accuracy": copy_hit.float().mean().item(),
+            "tf_psnr": frame_psnr(model.detokenize(predicted)), "recon_psnr": frame_psnr(model.detokenize(tokens))}
+
+
 def row(temperature: float, s: dict[str, float]) -> str:
     h = int(s["horizon"])
     reward = f"{s['reward_mse']:.3g}" if "reward_mse" in s else "-"
@@ -56,7 +89,7 @@ def row(temperature: float, s: dict[str, float]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def main(argv: list[str] | None = None) -> dict[float, dict[str, float]]:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
@@ -84,10 +117,17 @@ def main(argv: list[str] | None = None) -> dict[float, dict[str, float]]:
     for temperature in (float(t) for t in args.temperatures.split(",")):
         results[temperature] = score(model, batches, temperature, args.top_k, args.seed)
         print(row(temperature, results[temperature]), flush=True)
+    tokens: dict[str, float] = defaultdict(float)
+    for batch in batches:
+        for key, value in token_scores(model, batch).items():
+            tokens[key] += value * batch.frames.shape[0] / args.segments
+    print("\n| " + " | ".join(TOKEN_HEADER) + " |\n|" + "---|" * len(TOKEN_HEADER))
+    print(f"| {args.segments} | {tokens['tf_accuracy']:.3f} | {tokens['tf_accuracy_2']:.3f} | "
+          f"{tokens['copy_previous_accuracy']:.3f} | {tokens['tf_psnr']:.2f} | {tokens['recon_psnr']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({str(t): s for t, s in results.items()}, f, indent=1)
-    return results
+            json.dump({str(t): s for t, s in results.items()} | {"tokens": dict(tokens)}, f, indent=1)
+    return results | {"tokens": dict(tokens)}
 
 
 if __name__ == "__main__":

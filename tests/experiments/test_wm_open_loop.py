@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from world_model.build import build_model
 from world_model.data.dataset import EpisodeDataset
+from world_model.model import IVideoGPT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 import wm_open_loop
@@ -37,7 +39,7 @@ def test_sampled_and_greedy_rows_next_to_copy_last(tmp_path: Path, capsys: pytes
             "--segment-length", "5", "--batch", "2", "--json", str(tmp_path / "scores.json")]
     results = wm_open_loop.main(args)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert len(lines) == 3 and lines[1].startswith("| 1 | 5 |") and lines[2].startswith("| 0 | 5 |")
+    assert len(lines) == 5 and lines[1].startswith("| 1 | 5 |") and lines[2].startswith("| 0 | 5 |")
     # copy-last of the same seeded segments, computed here
     drawn = EpisodeDataset(tmp_path / "data", 5).sample(5, np.random.default_rng(0))
     x = drawn.frames.float() / 255
@@ -45,4 +47,13 @@ def test_sampled_and_greedy_rows_next_to_copy_last(tmp_path: Path, capsys: pytes
     assert results[0.0]["copy_last_mse"] == pytest.approx(per_frame.mean().item(), rel=1e-5)
     assert results[0.0]["segments"] == 5 and results[0.0]["horizon"] == 3 and "reward_mse" in results[0.0]
     assert wm_open_loop.main(args)[0.0] == results[0.0]  # greedy and seeded: the same scores again
-    assert set(json.loads((tmp_path / "scores.json").read_text())) == {"1.0", "0.0"}
+    assert set(json.loads((tmp_path / "scores.json").read_text())) == {"1.0", "0.0", "tokens"}
+    # the token table: copying each code from the previous future frame, computed here from the codes
+    model = IVideoGPT.from_pretrained(tmp_path / "checkpoint")
+    with torch.no_grad():
+        tokens, _ = model.tokenize(x)
+    _, dyn = model.layout_for(tokens).split(tokens)  # (B, K, n)
+    tokens_row = results["tokens"]
+    assert tokens_row["copy_previous_accuracy"] == pytest.approx((dyn[:, 1:] == dyn[:, :-1]).float().mean().item())
+    assert 0 <= tokens_row["tf_accuracy"] <= 1 and 0 <= tokens_row["tf_accuracy_2"] <= 1
+    assert tokens_row["recon_psnr"] == pytest.approx(results[0.0]["recon_psnr"], rel=1e-2)  # bf16 autocast there

@@ -78,23 +78,26 @@ def plot(run_dir: Path, out: Path, steps: list[int] | None = None) -> Path:
 
     ax = axes[0, 1]
     chosen = steps or sorted({int(x[i]) for i in (_first_with_transformer(evals), len(evals) - 1)})
+    baselines = set()  # the validation segments are the same every time: one copy-last line per distinct one
     for row in evals:
         if int(float(row["step"])) not in chosen:
             continue
         h = horizon_of(row)
         k = list(range(1, h + 1))
-        line, = ax.plot(k, [_num(row, f"eval/psnr_{i}") for i in k], marker="o",
-                        label=f"world model, step {int(float(row['step']))}")
-        ax.plot(k, [_num(row, f"eval/copy_last_psnr_{i}") for i in k], linestyle="--", color=line.get_color(),
-                label=f"copy last, step {int(float(row['step']))}")
+        ax.plot(k, [_num(row, f"eval/psnr_{i}") for i in k], marker="o",
+                label=f"world model, step {int(float(row['step']))}")
+        baseline = tuple(_num(row, f"eval/copy_last_psnr_{i}") for i in k)
+        if baseline not in baselines:
+            ax.plot(k, baseline, linestyle="--", color="black", label="copy last context frame")
+            baselines.add(baseline)
     ax.set(xlabel="imagined step k", ylabel="PSNR (dB)", title="open-loop PSNR per imagined step (real actions)")
     ax.legend()
 
     ax = axes[1, 0]
     if any(_num(r, "eval/reward_mse") is not None for r in evals):
-        ax.plot(x, [_num(r, "eval/reward_mse") for r in evals], marker="o", label="open loop (reward MSE)")
+        ax.plot(x, [_num(r, "eval/reward_mse") for r in evals], marker="o", label="open loop (reward MSE, reward units)")
     if any(_num(r, "eval/reward") is not None for r in evals):
-        ax.plot(x, [_num(r, "eval/reward") for r in evals], marker="s", label="teacher forced (reward loss)")
+        ax.plot(x, [_num(r, "eval/reward") for r in evals], marker="s", label="teacher forced (MSE in symlog space)")
     ax.set(xlabel="training step", ylabel="error", title="reward", yscale="log")
     ax.legend()
 

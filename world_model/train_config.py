@@ -28,6 +28,7 @@ class PartConfig:
 
     every: int = 1
     start: int = 0
+    stop: int | None = None  # no updates from this iteration on (e.g. a tokenizer frozen for the rest); None: none
     lr: float | str = _AUTO
     # tokenizer only
     max_target_frames: int = 5
@@ -51,14 +52,15 @@ class PartConfig:
         return Cadence("update", self.start, self.every) if self.every > 0 else None
 
     def due(self, step: int) -> bool:
-        """Whether the part updates at (0-based) iteration `step`."""
+        """Whether the part updates at (0-based) iteration `step` (never from `stop` on)."""
         cadence = self.cadence
-        return cadence is not None and cadence.runs(step, 1) > 0
+        return cadence is not None and (self.stop is None or step < self.stop) and cadence.runs(step, 1) > 0
 
     def updates_in(self, steps: int) -> int:
         """Updates during iterations 0 .. steps - 1."""
         cadence = self.cadence
-        return 0 if cadence is None else cadence.total_runs(steps - 1)
+        end = steps if self.stop is None else min(steps, self.stop)
+        return 0 if cadence is None or end < 1 else cadence.total_runs(end - 1)
 
 
 @dataclass
@@ -105,10 +107,12 @@ class WorldModelTrainConfig:
         coerce_ints(self, ("steps", "batch_size", "segment_length", "eval_every", "eval_segments",
                            "checkpoint_every", "log_every", "grad_accumulation"))
         for name, part in (("tokenizer", self.tokenizer), ("transformer", self.transformer)):
-            coerce_ints(part, ("every", "start", "max_target_frames", "codebook_window", "random_order"),
-                        prefix=f"{name}.")
+            coerce_ints(part, ("every", "start", "max_target_frames", "codebook_window", "random_order")
+                        + (("stop",) if part.stop is not None else ()), prefix=f"{name}.")
             if part.every < 0 or part.start < 0:
                 raise ValueError(f"{name}.every={part.every} and {name}.start={part.start} must be >= 0")
+            if part.stop is not None and part.stop <= part.start:
+                raise ValueError(f"{name}.stop={part.stop} must be after {name}.start={part.start} (null: no stop)")
         for name in ("steps", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
@@ -234,7 +238,9 @@ class WorldModelTrainConfig:
             else:
                 schedule = (f"lr {self.transformer_lr:g} peak: linear warm-up over {self.warmup_steps} updates, "
                             f"cosine to 0 at update {max(updates, 1)}")
-            lines.append(f"{name}: {updates} updates (every {part.every} steps from step {part.start}), {schedule}")
+            until = "" if part.stop is None or part.stop >= self.steps else f" until step {part.stop}"
+            lines.append(f"{name}: {updates} updates (every {part.every} steps from step {part.start}{until}), "
+                         f"{schedule}")
         return lines
 
 

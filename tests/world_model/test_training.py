@@ -268,11 +268,21 @@ def test_part_cadence_and_config_errors(episodes):
     cfg = compose_config(f"data={episodes / 'train'}", "steps=10", "transformer.start=4", "transformer.every=3")
     assert [s for s in range(10) if cfg.transformer.due(s)] == [4, 7]
     assert cfg.transformer.updates_in(10) == 2 and cfg.tokenizer.updates_in(10) == 10
-    for every, start in itertools.product(range(4), range(4)):  # the cadence is the modulo rule; every=0: never
-        part = PartConfig(every=every, start=start)
-        due = [s for s in range(12) if every > 0 and s >= start and (s - start) % every == 0]
+    # the cadence is the modulo rule (every=0: never), cut at `stop`
+    for every, start, stop in itertools.product(range(4), range(4), (None, 2, 5, 9)):
+        if stop is not None and stop <= start:
+            continue
+        part = PartConfig(every=every, start=start, stop=stop)
+        due = [s for s in range(12) if every > 0 and s >= start and (s - start) % every == 0
+               and (stop is None or s < stop)]
         assert [s for s in range(12) if part.due(s)] == due
         assert [part.updates_in(n) for n in range(12)] == [sum(s < n for s in due) for n in range(12)]
+    staged = compose_config(f"data={episodes / 'train'}", "steps=10", "tokenizer.stop=6", "transformer.start=3")
+    assert [s for s in range(10) if staged.tokenizer.due(s)] == [0, 1, 2, 3, 4, 5]
+    assert staged.tokenizer.updates_in(10) == 6 and staged.transformer.updates_in(10) == 7
+    assert "tokenizer: 6 updates (every 1 steps from step 0 until step 6)" in "\n".join(staged.plan())
+    with pytest.raises(ValueError, match="tokenizer.stop=3 must be after tokenizer.start=3"):
+        compose_config(f"data={episodes}", "tokenizer.start=3", "tokenizer.stop=3")
     assert cfg.tokenizer_lr == 5e-4 and not cfg.frozen_codebooks  # from scratch: the pre-training settings
     tuned = compose_config(f"data={episodes / 'train'}", "pretrained=/some/checkpoint")
     assert tuned.tokenizer_lr == 1e-4 and tuned.frozen_codebooks

@@ -339,7 +339,8 @@ def test_cli_end_to_end_writes_a_loadable_checkpoint_and_logs(episodes, tmp_path
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
     args = [sys.executable, "-m", "world_model.train", f"data={episodes / 'train'}", f"val_data={episodes / 'val'}",
             f"out={out}", "steps=4", "batch_size=2", "eval_every=2", "eval_segments=2", "checkpoint_every=2",
-            "log_every=2", "num_threads=1", "tokenizer.max_target_frames=2", "wandb.mode=offline", *TEST_OVERRIDES]
+            "log_every=2", "num_threads=1", "tokenizer.max_target_frames=2", "tokenizer.stop=2", "wandb.mode=offline",
+            *TEST_OVERRIDES]
     result = subprocess.run(args, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LPIPS term of the tokenizer loss is off" in result.stdout + result.stderr
@@ -352,9 +353,12 @@ def test_cli_end_to_end_writes_a_loadable_checkpoint_and_logs(episodes, tmp_path
     assert [int(r["frame"]) for r in train] == [2 * 2 * SEGMENT, 4 * 2 * SEGMENT]
     assert {"tokenizer/recon_l1", "transformer/ce", "transformer/reward", "transformer/lr"} <= set(train[0])
     for book in ("context", "dynamics"):  # codebook health (world_model.codebook)
-        used = float(train[-1][f"tokenizer/{book}_codes_used"])
-        assert 0 < used <= 1 and 1 <= float(train[-1][f"tokenizer/{book}_perplexity"]) <= used * 64 + 1e-3
-        assert 0 <= float(train[-1][f"tokenizer/{book}_dead_codes"]) <= 64
+        used = float(train[0][f"tokenizer/{book}_codes_used"])
+        assert 0 < used <= 1 and 1 <= float(train[0][f"tokenizer/{book}_perplexity"]) <= used * 64 + 1e-3
+        assert 0 <= float(train[0][f"tokenizer/{book}_dead_codes"]) <= 64
+    # tokenizer.stop=2: updates at steps 0 and 1 only; the transformer goes on
+    assert train[-1].get("tokenizer/recon_l1", "") == "" and train[-1]["transformer/ce"] != ""
+    assert "tokenizer: 2 updates (every 1 steps from step 0 until step 2)" in result.stdout
     for row in train:  # throughput: world-model samples per second over the row's steps
         segments, frames = float(row["throughput/segments_per_s"]), float(row["throughput/frames_per_s"])
         assert segments > 0 and frames == pytest.approx(segments * SEGMENT)
@@ -363,7 +367,8 @@ def test_cli_end_to_end_writes_a_loadable_checkpoint_and_logs(episodes, tmp_path
     assert "constant lr 0.0005, codebooks from data, dead codes restarted" in result.stdout
     evals = read_csv(out / "eval.csv")
     assert [int(r["step"]) for r in evals] == [0, 2, 4]
-    assert {"eval/mse", "eval/copy_last_mse", "eval/psnr", "eval/reward_mse", "eval/ce"} <= set(evals[0])
+    assert {"eval/mse", "eval/copy_last_mse", "eval/psnr", "eval/reward_mse", "eval/ce", "eval/context_recon_psnr",
+            "eval/psnr_1", f"eval/copy_last_psnr_{SEGMENT - 2}"} <= set(evals[0])
     assert "steps: 4" in (out / "config.yaml").read_text()
     assert list(out.glob("wandb/offline-run-*"))
 

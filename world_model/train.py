@@ -369,6 +369,7 @@ def main(cfg: DictConfig) -> None:
         save_run_info(run_dir, OmegaConf.to_yaml(cfg, resolve=True), REPO_ROOT)
     try:
         run.train()
+        dist.barrier()  # every rank done (rank 0 closes its logger last) before the process group goes away
     finally:
         dist.close()
 

@@ -20,6 +20,12 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
+def weighted_means(parts: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """Scores of several batches merged: each key's mean over the batches weighted by their rows ``n``."""
+    total = sum(n for n, _ in parts)
+    return {key: sum(n * scores[key] for n, scores in parts) / total for key in parts[0][1]}
+
+
 @dataclass
 class OpenLoop:
     """What an open-loop evaluation scored and the frames it scored, so that videos show the same rollouts."""

@@ -52,6 +52,7 @@ from world_model.build import build_model
 from world_model.data.goal import goal_first, random_order
 from world_model.data.mixture import load_data
 from world_model.distributed import Distributed
+from world_model.evaluation import weighted_means
 from world_model.lpips import build_perceptual
 from world_model.model import IVideoGPT
 from world_model.train_config import PartConfig, WorldModelTrainConfig, resolve_auto
@@ -269,10 +270,8 @@ class WorldModelRun:
         mine = self.trainer.evaluate(batch, self.cfg.eval_temperature, self.cfg.eval_top_k,
                                      generator, per_step=True).scores if rows else {}
         gathered = [(n, part) for n, part in self.dist.gather([(rows, mine)]) if n]
-        total = sum(n for n, _ in gathered)
-        scores = dict(mine) if len(gathered) == 1 else {
-            key: sum(n * part[key] for n, part in gathered) / total for key in gathered[0][1]}
-        scores["segments"] = float(total)
+        scores = dict(mine) if len(gathered) == 1 else weighted_means(gathered)
+        scores["segments"] = float(sum(n for n, _ in gathered))
         self.logger.log("eval", {"step": self.step, **{f"eval/{k}": v for k, v in scores.items()},
                                  "total_time": self._elapsed_before + self.timer.total()}, self.frame)
         reward = f" | reward MSE {scores['reward_mse']:.4g}" if "reward_mse" in scores else ""

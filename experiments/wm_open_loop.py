@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
+import math
 
 import numpy as np
 import torch
@@ -29,9 +29,9 @@ import torch
 from core.batch import SegmentBatch
 from core.runtime import configure_threads
 from world_model.data.mixture import load_data
-from world_model.evaluation import evaluate_open_loop, psnr
+from world_model.evaluation import evaluate_open_loop, psnr, weighted_means
 from world_model.model import IVideoGPT
-from world_model.parts import batch_actions, to_unit
+from world_model.parts import batch_actions, micro_batches, to_unit
 
 TOKEN_HEADER = ("segments", "teacher-forced code accuracy", "same, frames 2..H", "copy-previous-code accuracy (2..H)",
                 "teacher-forced decoded PSNR", "future recon PSNR")
@@ -42,22 +42,17 @@ HEADER = ("temperature", "segments", "open-loop PSNR", "copy-last PSNR", "differ
 def score(model: IVideoGPT, batches: list[SegmentBatch], temperature: float, top_k: int | None,
           seed: int) -> dict[str, float]:
     """Row-weighted means of ``evaluate_open_loop``'s per-step scores over ``batches``."""
-    totals: dict[str, float] = defaultdict(float)
-    rows = 0
     generator = torch.Generator().manual_seed(seed)
-    for batch in batches:
-        n = batch.frames.shape[0]
-        scores = evaluate_open_loop(model, batch, temperature, top_k, generator, per_step=True).scores
-        for key, value in scores.items():
-            totals[key] += n * value
-        rows += n
-    return {key: value / rows for key, value in totals.items()} | {"segments": float(rows)}
+    parts = [(b.frames.shape[0], evaluate_open_loop(model, b, temperature, top_k, generator, per_step=True).scores)
+             for b in batches]
+    return weighted_means(parts) | {"segments": float(sum(n for n, _ in parts))}
 
 
 @torch.no_grad()
 def token_scores(model: IVideoGPT, batch: SegmentBatch) -> dict[str, float]:
     """Teacher-forced greedy accuracy on the future codes of ``batch`` (frames (B, T, 3, H, W)), the PSNR of
-    the frames those predictions decode to, and the accuracy of copying each code from the previous frame."""
+    the frames those predictions decode to, and the accuracy of copying each code from the previous frame (the
+    tokenizer's own reconstruction is ``evaluate_open_loop``'s ``recon_psnr``)."""
     frames = to_unit(batch.frames)
     tokens, _ = model.tokenize(frames)
     layout = model.layout_for(tokens)
@@ -76,7 +71,7 @@ def token_scores(model: IVideoGPT, batch: SegmentBatch) -> dict[str, float]:
 
     return {"tf_accuracy": hit.float().mean().item(), "tf_accuracy_2": hit[:, 1:].float().mean().item(),
             "copy_previous_accuracy": copy_hit.float().mean().item(),
-            "tf_psnr": frame_psnr(model.detokenize(predicted)), "recon_psnr": frame_psnr(model.detokenize(tokens))}
+            "tf_psnr": frame_psnr(model.detokenize(predicted))}
 
 
 def row(temperature: float, s: dict[str, float]) -> str:
@@ -109,21 +104,17 @@ def main(argv: list[str] | None = None) -> dict:
     model = IVideoGPT.from_pretrained(args.checkpoint, reward_alignment=args.reward_alignment).eval()
     data = load_data(args.data, args.segment_length)
     drawn = data.sample(args.segments, np.random.default_rng(args.seed))
-    batches = [SegmentBatch(*(None if t is None else t[i:i + args.batch]
-                              for t in (drawn.frames, drawn.actions, drawn.rewards)))
-               for i in range(0, args.segments, args.batch)]
+    batches = micro_batches(drawn, math.ceil(args.segments / args.batch))
     results = {}
     print("| " + " | ".join(HEADER) + " |\n|" + "---|" * len(HEADER))
     for temperature in (float(t) for t in args.temperatures.split(",")):
         results[temperature] = score(model, batches, temperature, args.top_k, args.seed)
         print(row(temperature, results[temperature]), flush=True)
-    tokens: dict[str, float] = defaultdict(float)
-    for batch in batches:
-        for key, value in token_scores(model, batch).items():
-            tokens[key] += value * batch.frames.shape[0] / args.segments
+    tokens = weighted_means([(b.frames.shape[0], token_scores(model, b)) for b in batches])
+    recon = next(iter(results.values()))["recon_psnr"]  # the tokenizer's: the same at every temperature
     print("\n| " + " | ".join(TOKEN_HEADER) + " |\n|" + "---|" * len(TOKEN_HEADER))
     print(f"| {args.segments} | {tokens['tf_accuracy']:.3f} | {tokens['tf_accuracy_2']:.3f} | "
-          f"{tokens['copy_previous_accuracy']:.3f} | {tokens['tf_psnr']:.2f} | {tokens['recon_psnr']:.2f} |")
+          f"{tokens['copy_previous_accuracy']:.3f} | {tokens['tf_psnr']:.2f} | {recon:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({str(t): s for t, s in results.items()} | {"tokens": dict(tokens)}, f, indent=1)

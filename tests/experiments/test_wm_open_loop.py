@@ -56,4 +56,4 @@ def test_sampled_and_greedy_rows_next_to_copy_last(tmp_path: Path, capsys: pytes
     tokens_row = results["tokens"]
     assert tokens_row["copy_previous_accuracy"] == pytest.approx((dyn[:, 1:] == dyn[:, :-1]).float().mean().item())
     assert 0 <= tokens_row["tf_accuracy"] <= 1 and 0 <= tokens_row["tf_accuracy_2"] <= 1
-    assert tokens_row["recon_psnr"] == pytest.approx(results[0.0]["recon_psnr"], rel=1e-2)  # bf16 autocast there
+    assert lines[4].endswith(f"| {results[0.0]['recon_psnr']:.2f} |")  # the tokenizer's, as the open loop scored it

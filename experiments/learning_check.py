@@ -3,6 +3,7 @@
     python experiments/learning_check.py [--out runs/learning_check] [--stages collect,pretrain,runs,summary]
         [--task reach] [--image-size 64] [--frames 6000] [--seed 1] [--pretrain-steps 3000] [--threads 1]
         [--pretrained DIR] [--methods drqv2,mbpo]
+    python experiments/learning_check.py --across runs/lc/s1 runs/lc/s2 runs/lc/s3
 
 Not a paper setting: sized for a small CPU instead of days on a GPU. The stages, each a subprocess of
 this project's own CLIs (argument lists, no shell):
@@ -19,6 +20,9 @@ this project's own CLIs (argument lists, no shell):
 4. ``summary``: a Markdown table of evaluation success and return at each evaluation, and the MBPO run's
    validation: open-loop MSE of the world model on held-out real segments next to copying the last context
    frame (``val/mse``, ``val/copy_last_mse``), both runs' wall clock and MBPO's time per phase.
+
+Seeds are separate checks: run one ``--out`` folder per ``--seed``, then ``--across`` those folders prints one
+row per seed and their mean (:func:`across_seeds`).
 
 Rerunning the script continues it: ``collect`` skips folders that hold episodes, and the training CLIs resume
 from their checkpoints (``resume=auto``). What it showed on a 2-core CPU is in docs/mbpo.md ("What a CPU run
@@ -136,6 +140,53 @@ def summary(root: Path) -> str:
     return "\n".join(lines)
 
 
+def across_seeds(roots: list[Path]) -> str:
+    """Markdown: one row per finished learning check (a folder each, usually one per seed), then their mean.
+
+    Each row gives both runs' evaluation at the last frame they share, their mean success and return over the
+    evaluations in the second half of it (frames >= half the last), and MBPO's world-model validation there: the
+    summed open-loop MSE over the summed copy-last MSE (below 1: the world model beats copying the last frame).
+    """
+    lines = [("| run | last frame | DrQ-v2 success / return | MBPO success / return | DrQ-v2 mean, 2nd half "
+              "| MBPO mean, 2nd half | MBPO open loop / copy-last, 2nd half |"), "|---|---|---|---|---|---|---|"]
+    means: dict[str, list[float]] = {}
+    for root in roots:
+        evals = {m: {int(r["frame"]): r for r in read_rows(root / m / "eval.csv") if r.get("eval/success_rate")}
+                 for m in ("drqv2", "mbpo")}
+        shared = sorted(set(evals["drqv2"]) & set(evals["mbpo"]))
+        if not shared:
+            raise SystemExit(f"{root}: no evaluation frame both drqv2/eval.csv and mbpo/eval.csv have; "
+                             "finish both runs (the runs stage) first")
+        last = shared[-1]
+        half = [f for f in shared if f >= last / 2]
+        cells = [str(root), str(last)]
+        for method in ("drqv2", "mbpo"):
+            row = evals[method][last]
+            cells.append(f"{float(row['eval/success_rate']):.2f} / {float(row['eval/episode_return']):.0f}")
+        for method in ("drqv2", "mbpo"):
+            success = sum(float(evals[method][f]["eval/success_rate"]) for f in half) / len(half)
+            ret = sum(float(evals[method][f]["eval/episode_return"]) for f in half) / len(half)
+            means.setdefault(f"{method} success", []).append(success)
+            means.setdefault(f"{method} return", []).append(ret)
+            cells.append(f"{success:.2f} / {ret:.0f}")
+        vals = [r for r in read_rows(root / "mbpo" / "train.csv")
+                if r.get("val/mse") and last / 2 <= int(r["frame"]) <= last]
+        if vals:
+            ratio = sum(float(r["val/mse"]) for r in vals) / sum(float(r["val/copy_last_mse"]) for r in vals)
+            means.setdefault("ratio", []).append(ratio)
+            cells.append(f"{ratio:.2f} ({len(vals)} validations)")
+        else:
+            cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+
+    def mean(key: str, spec: str) -> str:
+        return format(sum(means[key]) / len(means[key]), spec) if key in means else "-"
+
+    lines.append(f"| mean of {len(roots)} | | | | {mean('drqv2 success', '.2f')} / {mean('drqv2 return', '.0f')} "
+                 f"| {mean('mbpo success', '.2f')} / {mean('mbpo return', '.0f')} | {mean('ratio', '.2f')} |")
+    return "\n".join(lines)
+
+
 PHASES = ("env", "agent_update", "wm_update", "imagination", "wm_validation", "eval")
 
 
@@ -180,7 +231,12 @@ def main() -> None:
     parser.add_argument("--pretrained", default=None,
                         help="world-model checkpoint MBPO fine-tunes (default: OUT/pretrain/checkpoint)")
     parser.add_argument("--methods", default="drqv2,mbpo", help="runs of the runs stage: drqv2, mbpo or both")
+    parser.add_argument("--across", nargs="+", metavar="DIR", default=None,
+                        help="only print one table over finished checks (each an --out folder, e.g. one per seed)")
     a = parser.parse_args()
+    if a.across:
+        print(across_seeds([Path(d) for d in a.across]))
+        return
     a.methods = [m for m in a.methods.split(",") if m]
     if not a.methods or set(a.methods) - {"drqv2", "mbpo"}:
         parser.error(f"--methods {','.join(a.methods)}: choose drqv2, mbpo or both (comma-separated)")

@@ -73,3 +73,29 @@ def test_unknown_methods_are_refused(tmp_path):
     out = subprocess.run([sys.executable, str(SCRIPT), "--methods", "mbpo,dreamer", "--out", str(tmp_path)],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 2 and "--methods mbpo,dreamer: choose drqv2, mbpo or both" in out.stderr
+
+
+def test_across_seeds_gives_each_check_a_row_and_their_mean(tmp_path):
+    def check(root: Path, drqv2: list[tuple[int, float, float]], mbpo: list[tuple[int, float, float]],
+              vals: list[tuple[int, float, float]]) -> None:
+        for method, evals in (("drqv2", drqv2), ("mbpo", mbpo)):
+            write_csv(root / method / "eval.csv", [{"frame": f, "eval/success_rate": s, "eval/episode_return": r}
+                                                   for f, s, r in evals])
+        write_csv(root / "mbpo" / "train.csv", [{"frame": 100, "train/episode_return": 1.0}]
+                  + [{"frame": f, "val/mse": m, "val/copy_last_mse": c} for f, m, c in vals])
+
+    # frames 0-4000: the second half is frames 2000, 3000, 4000; MBPO's last evaluation (5000) is not shared
+    check(tmp_path / "s1", [(0, 0.0, 100), (2000, 0.2, 200), (3000, 0.4, 300), (4000, 0.6, 700)],
+          [(0, 0.0, 100), (2000, 0.0, 300), (3000, 0.2, 300), (4000, 0.4, 900), (5000, 1.0, 5000)],
+          [(1000, 9.0, 1.0), (2000, 0.003, 0.002), (4000, 0.001, 0.002)])
+    check(tmp_path / "s2", [(0, 0.0, 100), (1000, 1.0, 400)], [(0, 0.0, 100), (1000, 0.0, 200)], [])
+    lines = learning_check.across_seeds([tmp_path / "s1", tmp_path / "s2"]).splitlines()
+    assert lines[2] == f"| {tmp_path / 's1'} | 4000 | 0.60 / 700 | 0.40 / 900 | 0.40 / 400 | 0.20 / 500 | 1.00 (2 validations) |"
+    assert lines[3] == f"| {tmp_path / 's2'} | 1000 | 1.00 / 400 | 0.00 / 200 | 1.00 / 400 | 0.00 / 200 | - |"
+    assert lines[4] == "| mean of 2 | | | | 0.70 / 400 | 0.10 / 350 | 1.00 |"
+
+
+def test_across_seeds_names_a_check_whose_runs_share_no_evaluation(tmp_path):
+    write_csv(tmp_path / "s1" / "drqv2" / "eval.csv", [{"frame": 0, "eval/success_rate": 0, "eval/episode_return": 1}])
+    with pytest.raises(SystemExit, match="s1: no evaluation frame both drqv2/eval.csv and mbpo/eval.csv have"):
+        learning_check.across_seeds([tmp_path / "s1"])

@@ -2,7 +2,7 @@
 
     python experiments/learning_check.py [--out runs/learning_check] [--stages collect,pretrain,runs,summary]
         [--task reach] [--image-size 64] [--frames 6000] [--seed 1] [--pretrain-steps 3000] [--threads 1]
-        [--pretrained DIR] [--methods drqv2,mbpo]
+        [--pretrained DIR] [--methods drqv2,mbpo] [--mbpo-override KEY=VALUE ...]
     python experiments/learning_check.py --across runs/lc/s1 runs/lc/s2 runs/lc/s3
 
 Not a paper setting: sized for a small CPU instead of days on a GPU. The stages, each a subprocess of
@@ -92,7 +92,7 @@ def train_args(a: argparse.Namespace, root: Path, method: str) -> list[str]:
     return [*common, "world_model=ivideogpt", f"world_model.pretrained={pretrained_checkpoint(a, root)}",
             "world_model.attention_dropout=0.0",  # as pre-trained (a checkpoint otherwise gets the paper's 0.1)
             "world_model.schedule.init_train_steps=100", "world_model.schedule.imagination_start_frames=1000",
-            "world_model.schedule.validate_every_episodes=2"]
+            "world_model.schedule.validate_every_episodes=2", *a.mbpo_overrides]
 
 
 def pretrained_checkpoint(a: argparse.Namespace, root: Path) -> Path:
@@ -231,6 +231,9 @@ def main() -> None:
     parser.add_argument("--pretrained", default=None,
                         help="world-model checkpoint MBPO fine-tunes (default: OUT/pretrain/checkpoint)")
     parser.add_argument("--methods", default="drqv2,mbpo", help="runs of the runs stage: drqv2, mbpo or both")
+    parser.add_argument("--mbpo-override", dest="mbpo_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Hydra override for the MBPO run only, e.g. world_model.rollout.temperature=0 "
+                             "(repeatable; the DrQ-v2 run is unchanged, so it stays the same baseline)")
     parser.add_argument("--across", nargs="+", metavar="DIR", default=None,
                         help="only print one table over finished checks (each an --out folder, e.g. one per seed)")
     a = parser.parse_args()

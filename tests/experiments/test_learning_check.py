@@ -47,12 +47,15 @@ def test_summary_puts_both_runs_and_the_validation_side_by_side(tmp_path):
 
 def test_runs_compare_the_same_task_seed_and_frames_with_and_without_the_world_model(tmp_path):
     a = argparse.Namespace(task="reach", seed=3, demos=5, threads=1, frames=4000, eval_every=1000, image_size=32,
-                           pretrained=None)
+                           pretrained=None, mbpo_overrides=[])
     drqv2, mbpo = (learning_check.train_args(a, tmp_path, m) for m in ("drqv2", "mbpo"))
     assert "world_model=none" in drqv2 and "world_model=ivideogpt" in mbpo
     assert f"world_model.pretrained={tmp_path / 'pretrain' / 'checkpoint'}" in mbpo
     shared = {arg for arg in drqv2 if not arg.startswith(("world_model", "hydra.run.dir"))}
     assert shared <= set(mbpo) and {"task=reach", "seed=3", "num_train_frames=4000", "env.image_size=32"} <= shared
+    a.mbpo_overrides.append("world_model.rollout.temperature=0")
+    assert learning_check.train_args(a, tmp_path, "mbpo")[-1] == "world_model.rollout.temperature=0"
+    assert learning_check.train_args(a, tmp_path, "drqv2") == drqv2
 
 
 def test_the_target_task_is_refused_as_pretraining_data(tmp_path):
@@ -63,7 +66,8 @@ def test_the_target_task_is_refused_as_pretraining_data(tmp_path):
 
 def test_a_given_checkpoint_replaces_the_pretrain_stage_and_a_missing_one_is_named(tmp_path):
     a = argparse.Namespace(task="reach", seed=1, demos=5, threads=1, frames=4000, eval_every=1000, image_size=64,
-                           pretrained=str(tmp_path / "elsewhere"), methods=["mbpo"], parallel=False)
+                           pretrained=str(tmp_path / "elsewhere"), methods=["mbpo"], parallel=False,
+                           mbpo_overrides=[])
     assert f"world_model.pretrained={tmp_path / 'elsewhere'}" in learning_check.train_args(a, tmp_path, "mbpo")
     with pytest.raises(SystemExit, match="no pre-trained world model at .*elsewhere: run the pretrain stage"):
         learning_check.runs(a, tmp_path)

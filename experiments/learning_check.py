@@ -114,9 +114,15 @@ def runs(a: argparse.Namespace, root: Path) -> None:
             raise SystemExit(f"the {method} run failed ({proc.returncode}); see {root / f'{method}.log'}")
 
 
+def evaluations(root: Path) -> dict[str, dict[int, dict[str, str]]]:
+    """Each run's evaluation rows (``drqv2`` and ``mbpo`` under ``root``) by frame; {} for a run not started."""
+    return {m: {int(r["frame"]): r for r in read_rows(root / m / "eval.csv") if r.get("eval/success_rate")}
+            for m in ("drqv2", "mbpo")}
+
+
 def summary(root: Path) -> str:
     """Markdown: evaluation of both runs at each evaluated frame, then the MBPO run's validations."""
-    evals = {m: {int(r["frame"]): r for r in read_rows(root / m / "eval.csv")} for m in ("drqv2", "mbpo")}
+    evals = evaluations(root)
     lines = ["| frame | DrQ-v2 success | DrQ-v2 return | MBPO success | MBPO return |", "|---|---|---|---|---|"]
 
     def cell(row: dict[str, str] | None, key: str, spec: str) -> str:
@@ -151,8 +157,7 @@ def across_seeds(roots: list[Path]) -> str:
               "| MBPO mean, 2nd half | MBPO open loop / copy-last, 2nd half |"), "|---|---|---|---|---|---|---|"]
     means: dict[str, list[float]] = {}
     for root in roots:
-        evals = {m: {int(r["frame"]): r for r in read_rows(root / m / "eval.csv") if r.get("eval/success_rate")}
-                 for m in ("drqv2", "mbpo")}
+        evals = evaluations(root)
         shared = sorted(set(evals["drqv2"]) & set(evals["mbpo"]))
         if not shared:
             raise SystemExit(f"{root}: no evaluation frame both drqv2/eval.csv and mbpo/eval.csv have; "
